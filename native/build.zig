@@ -1,0 +1,27 @@
+const std = @import("std");
+const codecs = @import("build/codecs.zig");
+
+pub fn build(b: *std.Build) void {
+    const target = b.standardTargetOptions(.{});
+    // ReleaseSafe by default: a bug must not become silent memory corruption.
+    const optimize = b.option(std.lang.Optimize, "optimize", "Optimize mode (default: ReleaseSafe)") orelse .safe;
+    const codec_options = codecs.options(b, target);
+
+    const mod = b.createModule(.{
+        .root_source_file = b.path("src/root.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true,
+        .pic = true,
+    });
+    codecs.addTo(b, mod, codec_options);
+    mod.addIncludePath(b.path("include"));
+
+    const lib = b.addLibrary(.{ .name = "datago", .linkage = .dynamic, .root_module = mod });
+    lib.installHeader(b.path("include/datago.h"), "datago.h");
+    b.installArtifact(lib);
+
+    const tests = b.addTest(.{ .root_module = mod });
+    const run_tests = b.addRunArtifact(tests);
+    b.step("test", "Run the native unit tests").dependOn(&run_tests.step);
+}

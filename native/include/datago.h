@@ -1,0 +1,266 @@
+/*
+ * datago.h - the C ABI of libdatago, a high-throughput image data loader.
+ *
+ * This header is the only door into the library. It is hand-written; a Zig test
+ * (native/src/abi_header_test.zig) @cImports it and checks every size, offset and
+ * constant against the Zig side, and the Python package builds its cffi
+ * declarations from this same file.
+ *
+ * Lifecycle:  open -> [start] -> next ... next -> stop / close
+ *
+ *   datago_loader *loader;
+ *   if (datago_loader_open(json, strlen(json), &loader) != DATAGO_OK) {
+ *       fprintf(stderr, "%s\n", datago_last_error());
+ *       return 1;
+ *   }
+ *   datago_sample *s;
+ *   datago_status st;
+ *   while ((st = datago_loader_next(loader, 100, &s)) != DATAGO_END) {
+ *       if (st == DATAGO_TIMEOUT) continue;       // nothing ready yet: poll again
+ *       if (st != DATAGO_OK) { fprintf(stderr, "%s\n", datago_last_error()); break; }
+ *       use(s->image.data, s->image.width, s->image.height, s->image.channels);
+ *       datago_sample_free(s);
+ *   }
+ *   datago_loader_close(loader);
+ *
+ * Ownership, in one paragraph: the caller owns a loader from a successful open
+ * until it passes it to datago_loader_close, and owns each sample from a
+ * successful next until it passes it to datago_sample_free. Every pointer inside
+ * a sample is borrowed from that sample and dies with it. A sample does not
+ * point into loader memory: it stays valid after its loader is stopped or
+ * closed. Strings returned by datago_version are static; the string returned
+ * by datago_last_error is owned by the library (see there).
+ *
+ * Errors: every call that can fail returns a datago_status; on failure a
+ * thread-local message (datago_last_error) says what went wrong. Nothing in the
+ * library aborts or panics the host process on bad configuration or bad data.
+ * Out-parameters are set to NULL when a call fails.
+ */
+#ifndef DATAGO_H
+#define DATAGO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped with any change to a struct layout, a status value or a rule below.
+ * Compare with datago_abi_version() at run time. */
+#define DATAGO_ABI_VERSION 1
+
+/* Result of every fallible call. Values are appended, never renumbered; the
+ * enum is pinned to the size of an int on both sides by DATAGO_STATUS_MAX. */
+typedef enum datago_status {
+    DATAGO_OK = 0,              /* success; for next: a sample is in *sample_out */
+    DATAGO_END = 1,             /* next: the pass is over (end of data, limit reached or stopped) */
+    DATAGO_TIMEOUT = 2,         /* next: nothing arrived within timeout_ms; call again */
+    DATAGO_ERR_ARGUMENT = -1,   /* a NULL or out-of-range argument */
+    DATAGO_ERR_CONFIG = -2,     /* the configuration is invalid; the message names the key */
+    DATAGO_ERR_SOURCE = -3,     /* the source failed as a whole (unreadable root, every file failed,
+                                   max_error_fraction exceeded); the message names the cause */
+    DATAGO_ERR_DECODE = -4,     /* an image could not be decoded (single-image calls only: the
+                                   loader skips and counts undecodable files instead) */
+    DATAGO_ERR_NO_MEMORY = -5,  /* an allocation failed */
+    DATAGO_ERR_MISUSE = -7,     /* a call in the wrong state: a loader inherited across fork(),
+                                   get_sample on a batching loader, ... */
+    DATAGO_ERR_INTERNAL = -8,   /* a bug in libdatago (a worker hit a safety check); please report */
+    DATAGO_STATUS_MAX = 0x7fffffff
+} datago_status;
+
+/* How the bytes of an image view are to be read. */
+typedef enum datago_encoding {
+    DATAGO_ENCODING_RAW = 0,    /* pixels: row-major, interleaved channels (L, LA, RGB, RGBA) */
+    DATAGO_ENCODING_PNG = 1,    /* a complete PNG file */
+    DATAGO_ENCODING_JPEG = 2,   /* a complete JPEG file */
+    DATAGO_ENCODING_MAX = 0x7fffffff
+} datago_encoding;
+
+/* Where a sample came from. */
+typedef enum datago_source_kind {
+    DATAGO_SOURCE_FILE = 0,
+    DATAGO_SOURCE_WEBDATASET = 1,
+    DATAGO_SOURCE_DATAROOM = 2,
+    DATAGO_SOURCE_KIND_MAX = 0x7fffffff
+} datago_source_kind;
+
+/* A string borrowed from its sample: `len` bytes at `ptr`, not NUL-terminated,
+ * not necessarily UTF-8 (file paths are raw bytes). ptr may be NULL when len is 0. */
+typedef struct datago_str {
+    const char *ptr;
+    uint64_t len;
+} datago_str;
+
+/* One image of a sample. Borrowed from the sample; dies with it.
+ * An absent image has data NULL, data_len 0 and every size 0. */
+typedef struct datago_image {
+    const uint8_t *data;        /* raw pixels or an encoded file; see encoding */
+    uint64_t data_len;          /* bytes at data */
+    int32_t width;              /* of what data holds, after any crop/resize */
+    int32_t height;
+    int32_t original_width;     /* of the decoded source image, before any transform */
+    int32_t original_height;
+    int32_t channels;           /* raw: 1 L, 2 LA, 3 RGB, 4 RGBA; -1 when encoded; 0 absent */
+    int32_t bit_depth;          /* 8, or 16 (samples are little-endian uint16); 0 absent */
+    int32_t encoding;           /* a datago_encoding */
+    uint32_t stride_bytes;      /* raw: bytes per row (width * channels * bit_depth / 8, no
+                                   padding); 0 when encoded or absent */
+    /* Crop record: the box of the original image (in original pixels, Pillow's
+     * box convention: left, top, right, bottom as floats) that the output covers,
+     * and the scale factor applied to it. Without crop_and_resize: the whole
+     * image and 1.0. Absent image: zeros. */
+    double crop_left;
+    double crop_top;
+    double crop_right;
+    double crop_bottom;
+    double scale;
+} datago_image;
+
+/* A named image (masks, additional images). Borrowed from the sample. */
+typedef struct datago_named_image {
+    datago_str name;
+    datago_image image;
+} datago_named_image;
+
+/* An opaque byte payload (latents). Borrowed from the sample. */
+typedef struct datago_latent {
+    datago_str name;
+    const uint8_t *data;
+    uint64_t len;
+} datago_latent;
+
+/* A sample. Owned by the caller from a successful datago_loader_next until
+ * datago_sample_free; every pointer in it is borrowed from it. Read-only. */
+typedef struct datago_sample {
+    uint32_t size;                          /* sizeof(datago_sample) as built: fields may be
+                                               appended in later ABI versions */
+    int32_t source_kind;                    /* a datago_source_kind */
+    datago_str id;                          /* file source: the path bytes, root_path joined
+                                               with the path relative to it, exactly as given;
+                                               WebDataset: the sample key; Dataroom: the id */
+    datago_str source;                      /* "filesystem", the shard URL, or the Dataroom source */
+    datago_str attributes_json;             /* a JSON object as text; "{}" when none */
+    int64_t duplicate_state;                /* 0 for files and shards; Dataroom value or -1 */
+    uint64_t index;                         /* position of this sample in the order of its
+                                               (rank, worker) for this pass (docs/design.md) */
+    uint64_t epoch;                         /* pass number of the loader: 0, then +1 per new pass */
+    datago_image image;                     /* the main image */
+    const datago_named_image *masks;        /* mask_count entries */
+    uint64_t mask_count;
+    const datago_named_image *additional_images;   /* additional_image_count entries */
+    uint64_t additional_image_count;
+    const datago_latent *latents;           /* latent_count entries */
+    uint64_t latent_count;
+    const datago_str *tags;                 /* tag_count entries */
+    uint64_t tag_count;
+    const float *coca_embedding;            /* coca_embedding_len floats */
+    uint64_t coca_embedding_len;
+} datago_sample;
+
+/* ---- Versions -------------------------------------------------------------- */
+
+/* DATAGO_ABI_VERSION of the library. Thread-safe. Never fails. */
+uint32_t datago_abi_version(void);
+
+/* The library version, e.g. "0.1.0". Static string. Thread-safe. Never fails. */
+const char *datago_version(void);
+
+/* ---- Errors ---------------------------------------------------------------- */
+
+/* The message of the last failed call on this thread, NUL-terminated, or "" if
+ * none failed yet. Owned by the library: valid until the next fallible call on
+ * the same thread. datago_sample_free, datago_loader_stop, datago_loader_close,
+ * datago_live_* and the version calls never change it. Thread-safe. */
+const char *datago_last_error(void);
+
+/* ---- Loader ---------------------------------------------------------------- */
+
+/* Opaque: one per open ... close. */
+typedef struct datago_loader datago_loader;
+
+/* CONSTRUCTOR. Parses and validates a JSON configuration (docs/design.md and
+ * the README list the keys) and creates a loader. Does no I/O and starts no
+ * thread: the first pass begins at datago_loader_start or the first next.
+ * config_json need not be NUL-terminated and is not retained.
+ * Returns DATAGO_OK, DATAGO_ERR_ARGUMENT (NULL pointer), DATAGO_ERR_CONFIG
+ * (message names the key) or DATAGO_ERR_NO_MEMORY. Thread-safe. */
+datago_status datago_loader_open(const char *config_json, size_t config_len,
+                                 datago_loader **loader_out /* OUT: caller owns */);
+
+/* METHOD. Begins a pass if none is running: the first one, or a new one after
+ * the end of data or a stop (the epoch then increases by one). A no-op while a
+ * pass is running. Returns DATAGO_OK, DATAGO_ERR_ARGUMENT, DATAGO_ERR_MISUSE
+ * (loader inherited across fork) or DATAGO_ERR_NO_MEMORY. Thread-safe. */
+datago_status datago_loader_start(datago_loader *loader);
+
+/* METHOD. Waits for the next sample of the running pass (starting the first
+ * pass of a never-started loader). timeout_ms < 0 waits until a sample or the
+ * end; otherwise at most timeout_ms milliseconds.
+ * Returns DATAGO_OK (*sample_out set; the caller owns it), DATAGO_END (the pass
+ * is over: data exhausted, limit reached or stopped; repeated on every later
+ * call until a new start), DATAGO_TIMEOUT, DATAGO_ERR_SOURCE (the pass failed
+ * as a whole; the pass is over), DATAGO_ERR_ARGUMENT, DATAGO_ERR_MISUSE or
+ * DATAGO_ERR_INTERNAL. Samples come in the order of docs/design.md whatever the
+ * thread count. May be called from several threads at once: each sample goes
+ * to exactly one caller. */
+datago_status datago_loader_next(datago_loader *loader, int64_t timeout_ms,
+                                 datago_sample **sample_out /* OUT: caller owns */);
+
+/* METHOD. Ends the running pass: queued work is cancelled and every waiting
+ * next returns DATAGO_END promptly. Returns without waiting for decodes in
+ * flight (they finish on their own and are counted by
+ * datago_live_cleanup_threads). Idempotent; NULL is a no-op; any thread. */
+void datago_loader_stop(datago_loader *loader);
+
+/* DESTRUCTOR. Stops the loader and releases it; the handle is dead afterwards.
+ * Returns promptly. Samples already handed out stay valid. NULL is a no-op.
+ * Must not race with another call on the same handle (use stop for that).
+ * A loader inherited across fork() is abandoned, not closed (its threads do
+ * not exist in the child). */
+void datago_loader_close(datago_loader *loader);
+
+/* METHOD. Statistics of the current or last pass as one JSON object: samples
+ * and bytes delivered, failures per cause (io, empty, not_image, corrupt,
+ * truncated, too_large, unsupported, no_memory), per-stage time (read,
+ * decode, transform, encode: count, total, mean, p50, p99), the time callers
+ * of next waited, queue depths, thread count, listing size and time.
+ * Writes a NUL-terminated document into buffer when it fits (capacity
+ * includes the NUL) and sets *length_out (may be NULL) to its length without
+ * the NUL. Returns DATAGO_OK, or DATAGO_ERR_ARGUMENT when buffer is NULL or
+ * too small (then *length_out says how much is needed). Before the first
+ * pass the document is {}. Thread-safe; cheap enough to poll. */
+datago_status datago_loader_stats(datago_loader *loader, char *buffer, size_t capacity,
+                                  size_t *length_out);
+
+/* ---- Samples --------------------------------------------------------------- */
+
+/* DESTRUCTOR. Frees a sample and everything it points to. NULL is a no-op.
+ * Any thread, also after its loader was closed. */
+void datago_sample_free(datago_sample *sample);
+
+/* ---- Counters (for leak tests and shutdown checks) ------------------------ */
+
+/* Samples handed out and not yet freed, library-wide. Thread-safe. */
+int64_t datago_live_samples(void);
+
+/* Stopped or closed passes whose native work is still finishing (0 when all is
+ * drained), library-wide; datago.live_cleanup_threads() in Python. */
+int64_t datago_live_cleanup_threads(void);
+
+/* ---- Logging ------------------------------------------------------------- */
+
+/* Installs the native logger once per process (spec §8). level is one of
+ * "error", "warn", "info", "debug", "trace", "off" (any case), or NULL for the
+ * default ("error"). RUST_LOG (or DATAGO_LOG), when set, wins over level.
+ * Without a call, the first pass installs it at "warn". Lines go to stderr.
+ * *installed_out (may be NULL) is 1 if this call installed the logger, 0 if
+ * it was installed before. Returns DATAGO_OK or DATAGO_ERR_ARGUMENT (unknown
+ * level: nothing is installed). Thread-safe. */
+datago_status datago_log_init(const char *level, int32_t *installed_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DATAGO_H */

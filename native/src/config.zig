@@ -1,0 +1,435 @@
+//! JSON configuration -> typed `Config`, validated once. Only this file sees
+//! JSON. Every error message starts with the key path at fault
+//! (`image_config.default_image_size: ...`), followed by the reference's text
+//! where spec §4.2 gives one.
+const std = @import("std");
+const json = std.json;
+const Allocator = std.mem.Allocator;
+
+pub const SourceType = enum { file, webdataset, db };
+pub const EncodeFormat = enum { png, jpeg };
+pub const MaskResample = enum { lanczos, nearest };
+
+/// Pillow's decompression-bomb error threshold (2 x its warning limit).
+pub const max_pixels_default: u64 = 178_956_970;
+pub const samples_buffer_size_default: u32 = 64;
+/// Upper bounds on sizes taken from the config, so memory can be worked out.
+pub const buffer_size_max: u32 = 1 << 20;
+pub const num_threads_max: u32 = 1024;
+pub const image_size_max: u32 = 1 << 16;
+pub const timeout_s_default: f64 = 300;
+
+pub const ImageConfig = struct {
+    crop_and_resize: bool = false,
+    default_image_size: u32 = 0,
+    downsampling_ratio: u32 = 0,
+    min_aspect_ratio: f64 = 0,
+    max_aspect_ratio: f64 = 0,
+    pre_encode_images: bool = false,
+    image_to_rgb8: bool = false,
+    encode_format: EncodeFormat = .png,
+    /// Clamped to 1..100 as the reference's encoder does.
+    jpeg_quality: u8 = 92,
+    mask_resample: MaskResample = .lanczos,
+    exif_transpose: bool = false,
+    dct_scaling: bool = true,
+};
+
+pub const FileSource = struct {
+    /// Owned by the config's arena.
+    root_path: []const u8 = "",
+    random_sampling: bool = false,
+    seed: ?u64 = null,
+    rank: u32 = 0,
+    world_size: u32 = 1,
+};
+
+pub const Config = struct {
+    source_type: SourceType = .file,
+    file: FileSource = .{},
+    image: ?ImageConfig = null,
+    /// Samples handed out per rank (all its workers together); null = whole epoch.
+    limit: ?u64 = null,
+    samples_buffer_size: u32 = samples_buffer_size_default,
+    prefetch_buffer_size: u32 = 2 * samples_buffer_size_default,
+    /// null: DATAGO_MAX_TASKS, else the usable CPUs.
+    num_threads: ?u32 = null,
+    timeout_s: f64 = timeout_s_default,
+    max_pixels: u64 = max_pixels_default,
+    max_error_fraction: ?f64 = null,
+    batch_size: ?u32 = null,
+    drop_last: bool = false,
+    /// DataLoader worker split (docs/design.md): worker `worker_id` of `num_workers`.
+    worker_id: u32 = 0,
+    num_workers: u32 = 1,
+};
+
+/// A parsed configuration and the arena that owns its strings.
+pub const Parsed = struct {
+    arena: *std.heap.ArenaAllocator,
+    config: Config,
+    /// Dotted paths of keys that were present but not understood (one WARN).
+    unknown_keys: []const []const u8,
+
+    pub fn deinit(self: *Parsed) void {
+        const child = self.arena.child_allocator;
+        self.arena.deinit();
+        child.destroy(self.arena);
+        self.* = undefined;
+    }
+};
+
+/// The reason a configuration was refused, formatted once.
+pub const Diagnostics = struct {
+    buffer: [512]u8 = undefined,
+    len: usize = 0,
+
+    pub fn text(self: *const Diagnostics) []const u8 {
+        return self.buffer[0..self.len];
+    }
+
+    fn set(self: *Diagnostics, comptime fmt: []const u8, args: anytype) void {
+        const written = std.fmt.bufPrint(&self.buffer, fmt, args) catch blk: {
+            const ellipsis = "...";
+            @memcpy(self.buffer[self.buffer.len - ellipsis.len ..], ellipsis);
+            break :blk self.buffer[0..];
+        };
+        self.len = written.len;
+    }
+};
+
+pub const Error = error{ Invalid, OutOfMemory };
+
+/// Parses and validates `text`. On `error.Invalid`, `diag` says why.
+pub fn parse(gpa: Allocator, text: []const u8, diag: *Diagnostics) Error!Parsed {
+    const arena = try gpa.create(std.heap.ArenaAllocator);
+    arena.* = .init(gpa);
+    errdefer {
+        arena.deinit();
+        gpa.destroy(arena);
+    }
+    const allocator = arena.allocator();
+    const root = json.parseFromSliceLeaky(json.Value, allocator, text, .{
+        .allocate = .alloc_always,
+        .duplicate_field_behavior = .use_last,
+    }) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => {
+            diag.set("config: not valid JSON ({s})", .{@errorName(err)});
+            return error.Invalid;
+        },
+    };
+    var parser: Parser = .{ .allocator = allocator, .diag = diag };
+    const config = try parser.top(root);
+    return .{ .arena = arena, .config = config, .unknown_keys = parser.unknown.items };
+}
+
+const Parser = struct {
+    allocator: Allocator,
+    diag: *Diagnostics,
+    unknown: std.ArrayList([]const u8) = .empty,
+
+    fn fail(p: *Parser, comptime fmt: []const u8, args: anytype) Error {
+        p.diag.set(fmt, args);
+        return error.Invalid;
+    }
+
+    fn top(p: *Parser, root: json.Value) Error!Config {
+        const object = switch (root) {
+            .object => |o| o,
+            else => return p.fail("config: expected a JSON object, got {s}", .{kindName(root)}),
+        };
+        var config: Config = .{};
+        const source_name = try p.optString(object, "", "source_type") orelse "db";
+        config.source_type = std.meta.stringToEnum(SourceType, source_name) orelse return p.fail(
+            "source_type: unknown source type '{s}' (expected \"file\", \"webdataset\" or \"db\")",
+            .{source_name},
+        );
+        if (config.limit == null) config.limit = try p.optPositive(u64, object, "", "limit");
+        if (try p.optPositive(u32, object, "", "samples_buffer_size")) |size| {
+            if (size > buffer_size_max) return p.fail("samples_buffer_size: {d} is above the maximum {d}", .{ size, buffer_size_max });
+            config.samples_buffer_size = size;
+        }
+        config.prefetch_buffer_size = 2 * config.samples_buffer_size;
+        if (try p.optPositive(u32, object, "", "prefetch_buffer_size")) |size| {
+            if (size > buffer_size_max) return p.fail("prefetch_buffer_size: {d} is above the maximum {d}", .{ size, buffer_size_max });
+            config.prefetch_buffer_size = size;
+        }
+        if (try p.optPositive(u32, object, "", "num_threads")) |n| {
+            if (n > num_threads_max) return p.fail("num_threads: {d} is above the maximum {d}", .{ n, num_threads_max });
+            config.num_threads = n;
+        }
+        if (try p.optNumber(object, "", "timeout_s")) |t| {
+            if (!(t > 0) or !std.math.isFinite(t)) return p.fail("timeout_s: must be a positive number of seconds, got {d}", .{t});
+            config.timeout_s = t;
+        }
+        if (try p.optPositive(u64, object, "", "max_pixels")) |n| config.max_pixels = n;
+        if (try p.optNumber(object, "", "max_error_fraction")) |f| {
+            if (!(f >= 0 and f <= 1)) return p.fail("max_error_fraction: must be between 0 and 1, got {d}", .{f});
+            config.max_error_fraction = f;
+        }
+        if (try p.optPositive(u32, object, "", "batch_size")) |n| {
+            if (n > buffer_size_max) return p.fail("batch_size: {d} is above the maximum {d}", .{ n, buffer_size_max });
+            config.batch_size = n;
+        }
+        config.drop_last = try p.optBool(object, "", "drop_last") orelse false;
+        if (try p.optPositive(u32, object, "", "num_workers")) |n| config.num_workers = n;
+        config.worker_id = try p.optInt(u32, object, "", "worker_id") orelse 0;
+        if (config.worker_id >= config.num_workers) return p.fail(
+            "worker_id: {d} must be less than num_workers ({d})",
+            .{ config.worker_id, config.num_workers },
+        );
+
+        if (object.get("image_config")) |value| switch (value) {
+            .null => {},
+            .object => |image| config.image = try p.imageConfig(image),
+            else => return p.fail("image_config: expected an object or null, got {s}", .{kindName(value)}),
+        };
+        const source = object.get("source_config") orelse return p.fail("source_config: missing (an object describing the source)", .{});
+        const source_object = switch (source) {
+            .object => |o| o,
+            else => return p.fail("source_config: expected an object, got {s}", .{kindName(source)}),
+        };
+        switch (config.source_type) {
+            .file => config.file = try p.fileSource(source_object),
+            .webdataset, .db => return p.fail(
+                "source_type: '{s}' is not supported by this build of datago yet (only \"file\")",
+                .{source_name},
+            ),
+        }
+        try p.collectUnknown(object, "", &.{
+            "source_type",          "source_config",      "image_config", "limit",
+            "samples_buffer_size",  "prefetch_buffer_size", "num_threads", "timeout_s",
+            "max_pixels",           "max_error_fraction", "batch_size",   "drop_last",
+            "worker_id",            "num_workers",
+        });
+        return config;
+    }
+
+    fn fileSource(p: *Parser, object: json.ObjectMap) Error!FileSource {
+        const prefix = "source_config.";
+        var source: FileSource = .{};
+        source.root_path = try p.optString(object, prefix, "root_path") orelse
+            return p.fail("source_config.root_path: missing (the folder or file to read)", .{});
+        if (source.root_path.len == 0) return p.fail("source_config.root_path: must not be empty", .{});
+        if (std.mem.indexOfScalar(u8, source.root_path, 0) != null) return p.fail("source_config.root_path: contains a NUL byte", .{});
+        source.random_sampling = try p.optBool(object, prefix, "random_sampling") orelse false;
+        source.seed = try p.optInt(u64, object, prefix, "seed");
+        source.world_size = try p.optPositive(u32, object, prefix, "world_size") orelse 1;
+        source.rank = try p.optInt(u32, object, prefix, "rank") orelse 0;
+        if (source.rank >= source.world_size) return p.fail(
+            "source_config.rank: {d} must be less than world_size ({d})",
+            .{ source.rank, source.world_size },
+        );
+        try p.collectUnknown(object, prefix, &.{ "root_path", "random_sampling", "seed", "rank", "world_size" });
+        return source;
+    }
+
+    fn imageConfig(p: *Parser, object: json.ObjectMap) Error!ImageConfig {
+        const prefix = "image_config.";
+        var image: ImageConfig = .{};
+        image.crop_and_resize = try p.optBool(object, prefix, "crop_and_resize") orelse
+            return p.fail("image_config.crop_and_resize: missing (true or false)", .{});
+        image.default_image_size = try p.optInt(u32, object, prefix, "default_image_size") orelse 0;
+        image.downsampling_ratio = try p.optInt(u32, object, prefix, "downsampling_ratio") orelse 0;
+        image.min_aspect_ratio = try p.optNumber(object, prefix, "min_aspect_ratio") orelse 0;
+        image.max_aspect_ratio = try p.optNumber(object, prefix, "max_aspect_ratio") orelse 0;
+        image.pre_encode_images = try p.optBool(object, prefix, "pre_encode_images") orelse false;
+        image.image_to_rgb8 = try p.optBool(object, prefix, "image_to_rgb8") orelse false;
+        if (try p.optString(object, prefix, "encode_format")) |name| {
+            image.encode_format = std.meta.stringToEnum(EncodeFormat, name) orelse
+                return p.fail("image_config.encode_format: unknown format '{s}' (expected \"png\" or \"jpeg\")", .{name});
+        }
+        if (try p.optInt(u8, object, prefix, "jpeg_quality")) |q| image.jpeg_quality = std.math.clamp(q, 1, 100);
+        if (try p.optString(object, prefix, "mask_resample")) |name| {
+            image.mask_resample = std.meta.stringToEnum(MaskResample, name) orelse
+                return p.fail("image_config.mask_resample: unknown filter '{s}' (expected \"lanczos\" or \"nearest\")", .{name});
+        }
+        image.exif_transpose = try p.optBool(object, prefix, "exif_transpose") orelse false;
+        image.dct_scaling = try p.optBool(object, prefix, "dct_scaling") orelse true;
+        if (image.crop_and_resize) try p.checkBuckets(image);
+        try p.collectUnknown(object, prefix, &.{
+            "crop_and_resize",   "default_image_size", "downsampling_ratio", "min_aspect_ratio",
+            "max_aspect_ratio",  "pre_encode_images",  "image_to_rgb8",      "encode_format",
+            "jpeg_quality",      "mask_resample",      "exif_transpose",     "dct_scaling",
+        });
+        return image;
+    }
+
+    /// The reference's checks, in its order and with its messages (spec §4.2),
+    /// plus the degenerate tables it accepts and then fails on (§11.2).
+    fn checkBuckets(p: *Parser, image: ImageConfig) Error!void {
+        if (image.default_image_size == 0)
+            return p.fail("image_config.default_image_size: Default image size must be greater than 0", .{});
+        if (image.downsampling_ratio == 0)
+            return p.fail("image_config.downsampling_ratio: Downsampling ratio must be greater than 0", .{});
+        if (!(image.min_aspect_ratio > 0 and image.max_aspect_ratio >= image.min_aspect_ratio) or
+            !std.math.isFinite(image.max_aspect_ratio))
+            return p.fail("image_config.min_aspect_ratio: Aspect ratio constraints are invalid (need 0 < min_aspect_ratio <= max_aspect_ratio, got {d} and {d})", .{ image.min_aspect_ratio, image.max_aspect_ratio });
+        if (image.default_image_size > image_size_max)
+            return p.fail("image_config.default_image_size: {d} is above the maximum {d}", .{ image.default_image_size, image_size_max });
+        if (image.downsampling_ratio > image.default_image_size)
+            return p.fail("image_config.downsampling_ratio: {d} is larger than default_image_size ({d}): no bucket would fit", .{ image.downsampling_ratio, image.default_image_size });
+        const max_ratio = 1024.0;
+        if (image.max_aspect_ratio > max_ratio or image.min_aspect_ratio < 1.0 / max_ratio)
+            return p.fail("image_config.max_aspect_ratio: aspect ratios must lie within 1/{d} .. {d}", .{ max_ratio, max_ratio });
+    }
+
+    fn collectUnknown(p: *Parser, object: json.ObjectMap, prefix: []const u8, known: []const []const u8) Error!void {
+        var it = object.iterator();
+        outer: while (it.next()) |entry| {
+            for (known) |name| if (std.mem.eql(u8, name, entry.key_ptr.*)) continue :outer;
+            const path = try std.mem.concat(p.allocator, u8, &.{ prefix, entry.key_ptr.* });
+            try p.unknown.append(p.allocator, path);
+        }
+    }
+
+    fn optString(p: *Parser, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?[]const u8 {
+        const value = object.get(key) orelse return null;
+        return switch (value) {
+            .string => |s| s,
+            .null => null,
+            else => p.fail("{s}{s}: expected a string, got {s}", .{ prefix, key, kindName(value) }),
+        };
+    }
+
+    fn optBool(p: *Parser, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?bool {
+        const value = object.get(key) orelse return null;
+        return switch (value) {
+            .bool => |b| b,
+            .null => null,
+            else => p.fail("{s}{s}: expected true or false, got {s}", .{ prefix, key, kindName(value) }),
+        };
+    }
+
+    /// A JSON integer that fits `T` (floats such as 64.0 are refused, as the
+    /// reference refuses them; integers above i64 arrive as number strings).
+    fn optInt(p: *Parser, comptime T: type, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?T {
+        const value = object.get(key) orelse return null;
+        switch (value) {
+            .null => return null,
+            .integer => |i| return std.math.cast(T, i) orelse p.fail(
+                "{s}{s}: {d} is out of range (0 .. {d})",
+                .{ prefix, key, i, std.math.maxInt(T) },
+            ),
+            .number_string => |s| return std.fmt.parseInt(T, s, 10) catch p.fail(
+                "{s}{s}: {s} is not an integer in range (0 .. {d})",
+                .{ prefix, key, s, std.math.maxInt(T) },
+            ),
+            else => return p.fail("{s}{s}: expected a non-negative integer, got {s}", .{ prefix, key, kindName(value) }),
+        }
+    }
+
+    fn optPositive(p: *Parser, comptime T: type, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?T {
+        const n = try p.optInt(T, object, prefix, key) orelse return null;
+        if (n == 0) return p.fail("{s}{s}: must be greater than 0", .{ prefix, key });
+        return n;
+    }
+
+    fn optNumber(p: *Parser, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?f64 {
+        const value = object.get(key) orelse return null;
+        return switch (value) {
+            .null => null,
+            .integer => |i| @floatFromInt(i),
+            .float => |f| f,
+            .number_string => |s| std.fmt.parseFloat(f64, s) catch p.fail("{s}{s}: {s} is not a number", .{ prefix, key, s }),
+            else => p.fail("{s}{s}: expected a number, got {s}", .{ prefix, key, kindName(value) }),
+        };
+    }
+};
+
+fn kindName(value: json.Value) []const u8 {
+    return switch (value) {
+        .null => "null",
+        .bool => "a boolean",
+        .integer, .number_string => "an integer",
+        .float => "a fractional number",
+        .string => "a string",
+        .array => "an array",
+        .object => "an object",
+    };
+}
+
+const testing = std.testing;
+
+fn expectInvalid(text: []const u8, expected_prefix: []const u8) !void {
+    var diag: Diagnostics = .{};
+    try testing.expectError(error.Invalid, parse(testing.allocator, text, &diag));
+    if (!std.mem.startsWith(u8, diag.text(), expected_prefix)) {
+        std.debug.print("message: {s}\n", .{diag.text()});
+        return error.TestUnexpectedResult;
+    }
+}
+
+test "a reference config parses with defaults" {
+    var diag: Diagnostics = .{};
+    var parsed = try parse(testing.allocator,
+        \\{"source_type": "file", "source_config": {"root_path": "d1", "max_concurrency": 3},
+        \\ "limit": 10, "samples_buffer_size": 8}
+    , &diag);
+    defer parsed.deinit();
+    const c = parsed.config;
+    try testing.expectEqual(SourceType.file, c.source_type);
+    try testing.expectEqualStrings("d1", c.file.root_path);
+    try testing.expectEqual(@as(?u64, 10), c.limit);
+    try testing.expectEqual(@as(u32, 8), c.samples_buffer_size);
+    try testing.expectEqual(@as(u32, 16), c.prefetch_buffer_size);
+    try testing.expectEqual(@as(u32, 1), c.file.world_size);
+    try testing.expectEqual(@as(usize, 1), parsed.unknown_keys.len);
+    try testing.expectEqualStrings("source_config.max_concurrency", parsed.unknown_keys[0]);
+}
+
+test "bad configs name the key" {
+    try expectInvalid("{not json", "config: not valid JSON");
+    try expectInvalid("[]", "config: expected a JSON object");
+    try expectInvalid("{\"source_type\": \"s3\", \"source_config\": {}}", "source_type: unknown");
+    try expectInvalid("{\"source_type\": \"file\"}", "source_config: missing");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {}}", "source_config.root_path: missing");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": 5}}", "source_config.root_path: expected a string");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"limit\": 0}", "limit: must be greater than 0");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"limit\": -1}", "limit: -1 is out of range");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"limit\": 2.5}", "limit: expected a non-negative integer");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"samples_buffer_size\": 0}", "samples_buffer_size: must be greater than 0");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\", \"rank\": 2, \"world_size\": 2}}", "source_config.rank: 2 must be less than world_size");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\", \"world_size\": 0}}", "source_config.world_size: must be greater than 0");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\", \"random_sampling\": \"yes\"}}", "source_config.random_sampling: expected true or false");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {}}", "image_config.crop_and_resize: missing");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true}}", "image_config.default_image_size: Default image size must be greater than 0");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true, \"default_image_size\": 64, \"downsampling_ratio\": 128, \"min_aspect_ratio\": 0.5, \"max_aspect_ratio\": 2}}", "image_config.downsampling_ratio: 128 is larger");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true, \"default_image_size\": 64, \"downsampling_ratio\": 16, \"min_aspect_ratio\": 2, \"max_aspect_ratio\": 1}}", "image_config.min_aspect_ratio: Aspect ratio constraints are invalid");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": false, \"encode_format\": \"JPEG\"}}", "image_config.encode_format: unknown format");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": false, \"jpeg_quality\": 256}}", "image_config.jpeg_quality: 256 is out of range");
+}
+
+test "a seed above i64 parses" {
+    var diag: Diagnostics = .{};
+    var parsed = try parse(testing.allocator,
+        \\{"source_type": "file", "source_config": {"root_path": "d", "seed": 18446744073709551615}}
+    , &diag);
+    defer parsed.deinit();
+    try testing.expectEqual(@as(?u64, std.math.maxInt(u64)), parsed.config.file.seed);
+}
+
+test "jpeg quality is clamped like the reference's encoder" {
+    var diag: Diagnostics = .{};
+    var parsed = try parse(testing.allocator,
+        \\{"source_type": "file", "source_config": {"root_path": "d"}, "image_config": {"crop_and_resize": false, "jpeg_quality": 0}}
+    , &diag);
+    defer parsed.deinit();
+    try testing.expectEqual(@as(u8, 1), parsed.config.image.?.jpeg_quality);
+}
+
+test "parse survives every allocation failure" {
+    const text =
+        \\{"source_type": "file", "source_config": {"root_path": "d", "x": 1}, "limit": 3,
+        \\ "image_config": {"crop_and_resize": true, "default_image_size": 64, "downsampling_ratio": 16,
+        \\  "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}}
+    ;
+    try testing.checkAllAllocationFailures(testing.allocator, struct {
+        fn run(allocator: Allocator) !void {
+            var diag: Diagnostics = .{};
+            var parsed = try parse(allocator, text, &diag);
+            parsed.deinit();
+        }
+    }.run, .{});
+}

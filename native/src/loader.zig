@@ -1,0 +1,146 @@
+//! The loader behind a `datago_loader *`: a validated configuration and the
+//! sequence of passes (epochs) run over it (spec §2.1 lifecycle).
+const std = @import("std");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+
+const config_mod = @import("config.zig");
+const log = @import("log.zig");
+const pipeline = @import("pipeline.zig");
+const runtime = @import("runtime.zig");
+
+pub const Loader = struct {
+    gpa: Allocator,
+    io: Io,
+    parsed: config_mod.Parsed,
+    /// The process that opened the loader: its threads exist only there.
+    owner_pid: i32,
+
+    mutex: Io.Mutex = .init,
+    // Guarded by `mutex`.
+    state: enum { new, running, finished } = .new,
+    /// The current or last pass; the loader holds one reference on it.
+    pass: ?*pipeline.Pass = null,
+    next_epoch: u64 = 0,
+
+    pub const OpenError = config_mod.Error;
+
+    /// Parses the configuration. Does no I/O and starts no thread.
+    pub fn open(gpa: Allocator, text: []const u8, diag: *config_mod.Diagnostics) OpenError!*Loader {
+        var parsed = try config_mod.parse(gpa, text, diag);
+        errdefer parsed.deinit();
+        const loader = try gpa.create(Loader);
+        loader.* = .{ .gpa = gpa, .io = runtime.acquireIo(), .parsed = parsed, .owner_pid = runtime.processId() };
+        if (parsed.unknown_keys.len > 0) {
+            var buffer: [512]u8 = undefined;
+            var w: Io.Writer = .fixed(&buffer);
+            for (parsed.unknown_keys, 0..) |key, i| w.print("{s}{s}", .{ if (i == 0) "" else ", ", key }) catch break;
+            log.warn(.loader, "ignoring unknown configuration keys: {s}", .{w.buffered()});
+        }
+        return loader;
+    }
+
+    pub fn config(loader: *const Loader) *const config_mod.Config {
+        return &loader.parsed.config;
+    }
+
+    /// Begins a pass unless one is running (spec §2.2, §2.3).
+    pub fn start(loader: *Loader) error{ OutOfMemory, ThreadSpawnFailed }!void {
+        loader.mutex.lockUncancelable(loader.io);
+        defer loader.mutex.unlock(loader.io);
+        if (loader.state == .running and !loader.pass.?.isOver()) return;
+        try loader.startLocked();
+    }
+
+    fn startLocked(loader: *Loader) error{ OutOfMemory, ThreadSpawnFailed }!void {
+        log.ensureInstalled();
+        const pass = try pipeline.Pass.create(loader.gpa, loader.config(), loader.next_epoch);
+        pass.start() catch |err| {
+            pass.unref();
+            return err;
+        };
+        if (loader.pass) |old| {
+            old.stop();
+            old.unref();
+        }
+        loader.pass = pass;
+        loader.next_epoch += 1;
+        loader.state = .running;
+    }
+
+    pub const NextResult = union(enum) {
+        sample: *@import("sample.zig").Owned,
+        end,
+        timeout,
+        /// The message was copied into the caller's buffer.
+        source_error: []const u8,
+        internal_error,
+    };
+
+    /// Waits for the next sample of the current pass, starting the first pass
+    /// of a never-started loader. Threadsafe.
+    pub fn next(loader: *Loader, timeout_ms: i64, message_buffer: []u8) error{ OutOfMemory, ThreadSpawnFailed }!NextResult {
+        loader.mutex.lockUncancelable(loader.io);
+        if (loader.state == .new) loader.startLocked() catch |err| {
+            loader.mutex.unlock(loader.io);
+            return err;
+        };
+        const pass = loader.pass orelse {
+            loader.mutex.unlock(loader.io);
+            return .end;
+        };
+        pass.ref();
+        loader.mutex.unlock(loader.io);
+        defer pass.unref();
+
+        return switch (pass.next(timeout_ms)) {
+            .sample => |s| .{ .sample = s },
+            .timeout => .timeout,
+            .end => .end,
+            .internal_error => .internal_error,
+            .source_error => blk: {
+                const message = pass.failureMessage();
+                const n = @min(message.len, message_buffer.len);
+                @memcpy(message_buffer[0..n], message[0..n]);
+                break :blk .{ .source_error = message_buffer[0..n] };
+            },
+        };
+    }
+
+    /// Ends the running pass; waiting `next` calls return `end`. Idempotent.
+    pub fn stop(loader: *Loader) void {
+        loader.mutex.lockUncancelable(loader.io);
+        defer loader.mutex.unlock(loader.io);
+        if (loader.pass) |pass| pass.stop();
+        loader.state = .finished;
+    }
+
+    /// Stops and frees the loader. The pass finishes on its own.
+    pub fn close(loader: *Loader) void {
+        loader.stop();
+        if (loader.pass) |pass| pass.unref();
+        loader.parsed.deinit();
+        const gpa = loader.gpa;
+        gpa.destroy(loader);
+        runtime.releaseIo();
+    }
+
+    /// Statistics of the current or last pass; null before the first.
+    pub fn snapshot(loader: *Loader) ?@import("stats.zig").Snapshot {
+        loader.mutex.lockUncancelable(loader.io);
+        const pass = loader.pass orelse {
+            loader.mutex.unlock(loader.io);
+            return null;
+        };
+        pass.ref();
+        loader.mutex.unlock(loader.io);
+        defer pass.unref();
+        return pass.snapshot();
+    }
+
+    /// The counters of the current or last pass (zeros before the first).
+    pub fn counters(loader: *Loader) pipeline.Counters {
+        const s = loader.snapshot() orelse return .{};
+        return s.counters;
+    }
+};

@@ -1,0 +1,606 @@
+//! One pass over the data: its worker threads, the ready ring that puts
+//! results back in order, and the consumer side that `next` calls.
+//!
+//! Flow. Worker 0 first lists the source and computes this (rank, worker)'s
+//! plan (order.zig); then every worker repeatedly claims the next sequence
+//! number of the plan, reads and decodes that item, and stores the outcome
+//! (a sample or a failure) in the ready ring at `seq % capacity`. A worker may
+//! claim `seq` only while `seq < head + capacity`, so the ring never
+//! overflows, at most `capacity` outcomes wait, and a full ring blocks the
+//! workers (backpressure). The consumer takes outcomes at `head` in sequence
+//! order, skipping failures, so the delivered order is the plan's order for
+//! any thread count.
+//!
+//! Lifetime. A pass is reference-counted: the loader holds one reference,
+//! every worker thread one, and every `next` in progress one. `stop` cancels
+//! and returns after a short grace period without joining; the last thread
+//! out frees the pass.
+const std = @import("std");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+
+const abi = @import("abi_types.zig");
+const alloc_hooks = @import("alloc_hooks.zig");
+const config_mod = @import("config.zig");
+const decoder = @import("decode/decoder.zig");
+const files = @import("sources/files.zig");
+const image_process = @import("image/process.zig");
+const log = @import("log.zig");
+const order = @import("order.zig");
+const runtime = @import("runtime.zig");
+const sample_mod = @import("sample.zig");
+const stats = @import("stats.zig");
+
+const Config = config_mod.Config;
+
+/// How long `stop` waits for workers before leaving them to finish on their
+/// own (spec §2.6: the reference's grace period).
+pub const stop_grace_ms = 100;
+/// Per-file errors logged individually per pass; later ones are only counted.
+const logged_failures_max = 50;
+/// max_error_fraction is enforced once this many files were attempted.
+const error_fraction_min_attempts = 32;
+/// Files larger than this are refused without reading them.
+const file_bytes_max: u64 = 1 << 31;
+
+/// The pass whose worker runs on this thread, for the panic handler.
+pub threadlocal var current_pass: ?*Pass = null;
+
+pub const Outcome = union(enum) {
+    empty,
+    ready: *sample_mod.Owned,
+    failed,
+};
+
+pub const Counters = stats.Counters;
+
+pub const NextResult = union(enum) {
+    sample: *sample_mod.Owned,
+    end,
+    timeout,
+    /// The pass failed as a whole; the message is in `failureMessage()`.
+    source_error,
+    /// A worker died on a safety check: a bug in libdatago.
+    internal_error,
+};
+
+pub const Pass = struct {
+    gpa: Allocator,
+    io: Io,
+    epoch: u64,
+    /// Owned copies: the pass may outlive its loader.
+    root_path: []u8,
+    config: Config,
+    thread_count: u32,
+    /// This (rank, worker)'s share of the limit; null = no limit.
+    limit: ?u64,
+    /// The image configuration with its bucket table, built once per pass.
+    transform: image_process.Transform,
+
+    refs: std.atomic.Value(u32),
+    /// Polled by the listing, set by stop and by the end of the pass.
+    canceled: std.atomic.Value(bool) = .init(false),
+    /// A worker hit a safety check (root.zig's panic handler); the pass is lost.
+    panicked: std.atomic.Value(bool) = .init(false),
+
+    mutex: Io.Mutex = .init,
+    /// Consumers wait here for the outcome at `head`.
+    ready_cond: Io.Condition = .init,
+    /// Workers wait here for ring space or for the plan.
+    work_cond: Io.Condition = .init,
+    /// `stop` waits here for the threads to leave.
+    exit_cond: Io.Condition = .init,
+
+    // Guarded by `mutex`.
+    phase: enum { listing, running, done } = .listing,
+    listing: files.Listing = .{},
+    plan: []u32 = &.{},
+    /// Next sequence number to hand to a worker.
+    dispatched: u64 = 0,
+    /// Next sequence number to deliver.
+    head: u64 = 0,
+    /// Failures among the first `head` items of the plan.
+    examined_failed: u64 = 0,
+    slots: []Outcome,
+    counters: Counters = .{},
+    /// First example path per failure cause (owned), for the final error.
+    examples: std.EnumArray(decoder.Cause, ?[]u8) = .initFill(null),
+    /// Set once when the pass fails as a whole; reported once by `next`.
+    failure_buffer: [1024]u8 = undefined,
+    failure_len: ?usize = null,
+    failure_reported: bool = false,
+    threads_alive: u32 = 0,
+    cleanup_counted: bool = false,
+    started_ns: u64 = 0,
+    /// Per-file errors logged so far (rate limit only; counts live in `counters`).
+    logged_failures: std.atomic.Value(u64) = .init(0),
+
+    /// Creates a pass holding one reference (the caller's). Starts nothing.
+    pub fn create(gpa: Allocator, config: *const Config, epoch: u64) Allocator.Error!*Pass {
+        const pass = try gpa.create(Pass);
+        errdefer gpa.destroy(pass);
+        const root_path = try gpa.dupe(u8, config.file.root_path);
+        errdefer gpa.free(root_path);
+        const slots = try gpa.alloc(Outcome, config.samples_buffer_size);
+        errdefer gpa.free(slots);
+        @memset(slots, .empty);
+        var transform = try image_process.Transform.init(gpa, config.image);
+        errdefer transform.deinit(gpa);
+        var copy = config.*;
+        copy.file.root_path = root_path;
+        const limit: ?u64 = if (config.limit) |l| order.workerLimit(l, config.worker_id, config.num_workers) else null;
+        pass.* = .{
+            .gpa = gpa,
+            .io = runtime.acquireIo(),
+            .epoch = epoch,
+            .root_path = root_path,
+            .config = copy,
+            .thread_count = threadCount(config, limit),
+            .limit = limit,
+            .transform = transform,
+            .refs = .init(1),
+            .slots = slots,
+            .started_ns = runtime.monotonicNs(),
+        };
+        _ = runtime.live_passes.fetchAdd(1, .monotonic);
+        return pass;
+    }
+
+    pub fn ref(pass: *Pass) void {
+        _ = pass.refs.fetchAdd(1, .monotonic);
+    }
+
+    pub fn unref(pass: *Pass) void {
+        if (pass.refs.fetchSub(1, .acq_rel) != 1) return;
+        pass.destroy();
+    }
+
+    fn destroy(pass: *Pass) void {
+        const gpa = pass.gpa;
+        pass.discardSlots();
+        gpa.free(pass.slots);
+        gpa.free(pass.plan);
+        pass.listing.deinit(gpa);
+        for (&pass.examples.values) |example| if (example) |e| gpa.free(e);
+        gpa.free(pass.root_path);
+        pass.transform.deinit(gpa);
+        gpa.destroy(pass);
+        _ = runtime.live_passes.fetchSub(1, .release);
+        runtime.releaseIo();
+    }
+
+    /// Spawns the worker threads. On failure nothing is left running.
+    pub fn start(pass: *Pass) error{ OutOfMemory, ThreadSpawnFailed }!void {
+        log.info(.files, "Using file as source {f} ({d} threads)", .{ log.path(pass.root_path), pass.thread_count });
+        var spawned: u32 = 0;
+        while (spawned < pass.thread_count) : (spawned += 1) {
+            pass.ref();
+            pass.mutex.lockUncancelable(pass.io);
+            pass.threads_alive += 1;
+            pass.mutex.unlock(pass.io);
+            const thread = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, workerMain, .{ pass, spawned }) catch {
+                pass.mutex.lockUncancelable(pass.io);
+                pass.threads_alive -= 1;
+                pass.mutex.unlock(pass.io);
+                pass.unref();
+                if (spawned == 0) return error.ThreadSpawnFailed;
+                // Fewer threads than asked: the pass still completes.
+                log.warn(.pipeline, "could only start {d} of {d} worker threads", .{ spawned, pass.thread_count });
+                break;
+            };
+            var name_buffer: [16]u8 = undefined;
+            const name = std.fmt.bufPrint(&name_buffer, "datago-w{d}", .{spawned}) catch "datago-w";
+            thread.setName(pass.io, name) catch {};
+            thread.detach();
+        }
+    }
+
+    /// Whether the pass has ended (data, limit, stop or failure).
+    pub fn isOver(pass: *Pass) bool {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        return pass.phase == .done;
+    }
+
+    /// Cancels the pass: workers stop claiming work, waiting consumers get
+    /// `end`, queued outcomes are freed. Waits up to stop_grace_ms for the
+    /// threads; those still busy are counted in runtime.live_cleanups until
+    /// they leave. Idempotent.
+    pub fn stop(pass: *Pass) void {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        pass.cancelLocked();
+        const deadline = Io.Timeout.toDeadline(.{ .duration = .{ .raw = .fromMilliseconds(stop_grace_ms), .clock = .awake } }, pass.io);
+        while (pass.threads_alive > 0) {
+            pass.exit_cond.waitTimeout(pass.io, &pass.mutex, deadline) catch break;
+        }
+        if (pass.threads_alive > 0 and !pass.cleanup_counted) {
+            pass.cleanup_counted = true;
+            const live = runtime.live_cleanups.fetchAdd(1, .monotonic) + 1;
+            log.warn(.pipeline, "native workers still busy after the stop grace period; they finish on their own (live cleanup threads: {d})", .{live});
+        }
+    }
+
+    fn cancelLocked(pass: *Pass) void {
+        pass.canceled.store(true, .release);
+        pass.phase = .done;
+        pass.discardSlots();
+        pass.ready_cond.broadcast(pass.io);
+        pass.work_cond.broadcast(pass.io);
+    }
+
+    fn discardSlots(pass: *Pass) void {
+        for (pass.slots) |*slot| {
+            switch (slot.*) {
+                .ready => |s| s.destroy(),
+                .empty, .failed => {},
+            }
+            slot.* = .empty;
+        }
+    }
+
+    /// Waits for the next sample in plan order. `timeout_ms < 0` waits
+    /// without a deadline. Threadsafe; each sample goes to one caller.
+    pub fn next(pass: *Pass, timeout_ms: i64) NextResult {
+        const io = pass.io;
+        pass.mutex.lockUncancelable(io);
+        defer pass.mutex.unlock(io);
+        const wait_started = runtime.monotonicNs();
+        const deadline: Io.Timeout = if (timeout_ms < 0) .none else Io.Timeout.toDeadline(.{ .duration = .{
+            .raw = .fromMilliseconds(timeout_ms),
+            .clock = .awake,
+        } }, io);
+        while (true) {
+            if (pass.panicked.load(.acquire)) return .internal_error;
+            if (pass.failure_len != null and !pass.failure_reported) {
+                pass.failure_reported = true;
+                return .source_error;
+            }
+            if (pass.phase == .done) return .end;
+            if (pass.phase == .running) {
+                if (pass.limit) |limit| if (pass.counters.delivered >= limit) {
+                    pass.finishLocked();
+                    continue;
+                };
+                const slot = &pass.slots[pass.head % pass.slots.len];
+                switch (slot.*) {
+                    .ready => |s| {
+                        slot.* = .empty;
+                        pass.head += 1;
+                        pass.counters.delivered += 1;
+                        pass.counters.bytes_delivered += s.c.image.data_len;
+                        pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
+                        pass.work_cond.broadcast(io);
+                        return .{ .sample = s };
+                    },
+                    .failed => {
+                        slot.* = .empty;
+                        pass.head += 1;
+                        pass.examined_failed += 1;
+                        pass.work_cond.broadcast(io);
+                        // Judged in delivery order, so the verdict does not
+                        // depend on which worker finished first.
+                        if (pass.config.max_error_fraction) |fraction| {
+                            if (pass.head >= error_fraction_min_attempts and exceeds(pass.examined_failed, pass.head, fraction)) {
+                                pass.failLocked("max_error_fraction {d} exceeded", .{fraction});
+                                pass.cancelLocked();
+                            }
+                        }
+                        continue;
+                    },
+                    .empty => if (pass.head >= pass.plan.len) {
+                        pass.finishLocked();
+                        continue;
+                    },
+                }
+            }
+            pass.ready_cond.waitTimeout(io, &pass.mutex, deadline) catch return .timeout;
+        }
+    }
+
+    /// The end of the data or of the limit: decide between a clean end and a
+    /// source error, and release the workers.
+    fn finishLocked(pass: *Pass) void {
+        const c = &pass.counters;
+        if (c.delivered == 0 and c.failed > 0) {
+            pass.failLocked("every file failed", .{});
+        } else if (pass.config.max_error_fraction != null and
+            exceeds(pass.examined_failed, pass.head, pass.config.max_error_fraction.?))
+        {
+            pass.failLocked("max_error_fraction {d} exceeded", .{pass.config.max_error_fraction.?});
+        } else if (c.failed > 0) {
+            log.warn(.pipeline, "pass {d} over: {d} samples delivered, {d} of {d} files failed (most frequent cause: {s})", .{
+                pass.epoch, c.delivered, c.failed, c.attempted, @tagName(mostFrequentCause(c)),
+            });
+        }
+        pass.cancelLocked();
+    }
+
+    fn failLocked(pass: *Pass, comptime fmt: []const u8, args: anytype) void {
+        if (pass.failure_len != null) return;
+        var w: Io.Writer = .fixed(&pass.failure_buffer);
+        w.print(fmt, args) catch {};
+        const c = &pass.counters;
+        if (c.failed > 0) {
+            const cause = mostFrequentCause(c);
+            w.print(": {d} of {d} files failed; most frequent cause: {s} ({d})", .{ c.failed, c.attempted, @tagName(cause), c.by_cause.get(cause) }) catch {};
+            if (pass.examples.get(cause)) |example| w.print(", e.g. '{f}'", .{log.path(example)}) catch {};
+        }
+        pass.failure_len = w.buffered().len;
+        log.err(.pipeline, "{s}", .{w.buffered()});
+    }
+
+    /// The message of a failed pass. Valid while the caller holds a reference.
+    pub fn failureMessage(pass: *Pass) []const u8 {
+        return pass.failure_buffer[0 .. pass.failure_len orelse 0];
+    }
+
+    /// Records the failure of the listing itself (e.g. a missing root).
+    fn failListing(pass: *Pass, comptime fmt: []const u8, args: anytype) void {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        pass.failLocked(fmt, args);
+        pass.cancelLocked();
+    }
+
+    fn workerMain(pass: *Pass, index: u32) void {
+        alloc_hooks.allocator = pass.gpa;
+        current_pass = pass;
+        var scratch: Scratch = .{};
+        if (index == 0) pass.runListing();
+        while (pass.claim()) |seq| {
+            const outcome = pass.process(seq, &scratch);
+            pass.complete(seq, outcome);
+        }
+        // Free before leaving: the last reference may free the pass, and with
+        // it the promise that nothing of this pass is still allocated.
+        scratch.deinit(pass.gpa);
+        current_pass = null;
+        pass.leave();
+    }
+
+    fn leave(pass: *Pass) void {
+        pass.mutex.lockUncancelable(pass.io);
+        pass.threads_alive -= 1;
+        if (pass.threads_alive == 0) {
+            pass.exit_cond.broadcast(pass.io);
+            if (pass.cleanup_counted) _ = runtime.live_cleanups.fetchSub(1, .monotonic);
+        }
+        pass.mutex.unlock(pass.io);
+        pass.unref();
+    }
+
+    fn runListing(pass: *Pass) void {
+        var diag: files.Diagnostics = .{};
+        const started_ns = runtime.monotonicNs();
+        var listing = files.list(pass.gpa, pass.io, pass.root_path, &pass.canceled, &diag) catch |err| {
+            switch (err) {
+                error.RootNotFound => pass.failListing("source_config.root_path: '{f}' does not exist", .{log.path(pass.root_path)}),
+                error.RootUnreadable => pass.failListing("source_config.root_path: '{f}' cannot be read ({s})", .{ log.path(pass.root_path), diag.cause }),
+                error.OutOfMemory => pass.failListing("out of memory while listing '{f}'", .{log.path(pass.root_path)}),
+                error.Canceled => {},
+            }
+            return;
+        };
+        const listed_ns = runtime.monotonicNs() - started_ns;
+        if (diag.unreadable_dirs > 0) log.warn(.files, "{d} folders under '{f}' could not be read and were skipped", .{ diag.unreadable_dirs, log.path(pass.root_path) });
+        const source = &pass.config.file;
+        const shuffle_seed: ?u64 = if (source.random_sampling) source.seed orelse runtime.entropy64() else null;
+        const plan = order.plan(pass.gpa, listing.len(), .{
+            .rank = source.rank,
+            .world_size = source.world_size,
+            .worker = pass.config.worker_id,
+            .num_workers = pass.config.num_workers,
+            .shuffle_seed = shuffle_seed,
+            .epoch = pass.epoch,
+        }) catch {
+            listing.deinit(pass.gpa);
+            pass.failListing("out of memory while planning '{f}'", .{log.path(pass.root_path)});
+            return;
+        };
+        log.info(.files, "listed {d} files under '{f}' in {d} ms; this worker's share: {d}", .{
+            listing.len(), log.path(pass.root_path), listed_ns / std.time.ns_per_ms, plan.len,
+        });
+        if (listing.len() == 0) log.warn(.files, "no image files (.jpg .jpeg .png .bmp .gif .webp) under '{f}'", .{log.path(pass.root_path)});
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        pass.listing = listing;
+        pass.plan = plan;
+        pass.counters.listed = listing.len();
+        pass.counters.listing_ns = listed_ns;
+        if (pass.limit) |limit| if (plan.len < limit) log.info(.files, "this worker's share ({d} files) is smaller than its limit ({d})", .{ plan.len, limit });
+        if (pass.phase == .listing) pass.phase = .running;
+        pass.work_cond.broadcast(pass.io);
+        pass.ready_cond.broadcast(pass.io);
+    }
+
+    /// Claims the next sequence number, waiting for the plan or ring space.
+    /// Returns null when there is nothing left to do.
+    fn claim(pass: *Pass) ?u64 {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        while (true) {
+            switch (pass.phase) {
+                .done => return null,
+                .listing => {},
+                .running => {
+                    if (pass.dispatched >= pass.plan.len) return null;
+                    if (pass.dispatched < pass.head + pass.slots.len) {
+                        pass.dispatched += 1;
+                        return pass.dispatched - 1;
+                    }
+                },
+            }
+            pass.work_cond.waitUncancelable(pass.io, &pass.mutex);
+        }
+    }
+
+    fn complete(pass: *Pass, seq: u64, result: ProcessResult) void {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        if (pass.phase == .done) {
+            if (result.outcome == .ready) result.outcome.ready.destroy();
+            return;
+        }
+        const c = &pass.counters;
+        c.attempted += 1;
+        c.addTimings(&result.timings);
+        switch (result.outcome) {
+            .ready => |s| pass.slots[seq % pass.slots.len] = .{ .ready = s },
+            .failed => |cause| {
+                pass.slots[seq % pass.slots.len] = .failed;
+                c.failed += 1;
+                c.by_cause.getPtr(cause).* += 1;
+                if (pass.examples.get(cause) == null) {
+                    const relative = pass.listing.relativePath(pass.plan[seq]);
+                    pass.examples.set(cause, files.joinPath(pass.gpa, pass.root_path, relative) catch null);
+                }
+            },
+        }
+        if (seq == pass.head) pass.ready_cond.broadcast(pass.io);
+    }
+
+    const ProcessResult = struct {
+        outcome: union(enum) {
+            ready: *sample_mod.Owned,
+            failed: decoder.Cause,
+        },
+        timings: stats.Timings = .{},
+    };
+
+    /// Reads, decodes and packages plan item `seq`. Runs without the lock.
+    fn process(pass: *Pass, seq: u64, scratch: *Scratch) ProcessResult {
+        var result: ProcessResult = .{ .outcome = .{ .failed = .no_memory } };
+        const relative = pass.listing.relativePath(pass.plan[seq]);
+        const path_len = files.joinedLen(pass.root_path, relative);
+        const path = scratch.pathBuffer(pass.gpa, path_len) catch return result;
+        files.joinInto(path, pass.root_path, relative);
+
+        var diag: decoder.Diagnostics = .{};
+        var clock = runtime.monotonicNs();
+        const processed = blk: {
+            const bytes = scratch.readFile(pass.gpa, pass.io, path, &diag) catch |err| break :blk err;
+            result.timings.bytes_read = bytes.len;
+            result.timings.ns.set(.read, lap(&clock));
+            break :blk image_process.run(pass.gpa, bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag);
+        } catch |err| {
+            pass.logFailure(path, diag.text());
+            result.outcome = .{ .failed = decoder.causeOf(err) };
+            return result;
+        };
+        const owned = sample_mod.fromFile(pass.gpa, pass.root_path, relative, processed.pixels, seq, pass.epoch) catch return result;
+        result.outcome = .{ .ready = owned };
+        return result;
+    }
+
+    fn logFailure(pass: *Pass, path: []const u8, reason: []const u8) void {
+        // Counted under the lock in `complete`; this count only rate-limits.
+        const n = pass.logged_failures.fetchAdd(1, .monotonic);
+        if (n < logged_failures_max) {
+            log.err(.files, "Failed to load image from path {f}: {s}", .{ log.path(path), reason });
+        } else if (n == logged_failures_max) {
+            log.err(.files, "more than {d} files failed in this pass; further failures are only counted", .{logged_failures_max});
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn snapshot(pass: *Pass) stats.Snapshot {
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        var ready: u64 = 0;
+        for (pass.slots) |slot| ready += @intFromBool(slot != .empty);
+        return .{
+            .counters = pass.counters,
+            .epoch = pass.epoch,
+            .threads = pass.thread_count,
+            .running = pass.phase != .done,
+            .ready = ready,
+            .ready_capacity = pass.slots.len,
+            .in_flight = pass.dispatched -| pass.head -| ready,
+            .plan_len = pass.plan.len,
+            .elapsed_ns = runtime.monotonicNs() - pass.started_ns,
+        };
+    }
+};
+
+fn lap(clock: *u64) u64 {
+    const now = runtime.monotonicNs();
+    defer clock.* = now;
+    return now - clock.*;
+}
+
+fn exceeds(failed: u64, attempted: u64, fraction: f64) bool {
+    if (attempted == 0) return false;
+    return @as(f64, @floatFromInt(failed)) > fraction * @as(f64, @floatFromInt(attempted));
+}
+
+fn mostFrequentCause(c: *const Counters) decoder.Cause {
+    var best: decoder.Cause = .corrupt;
+    var best_count: u64 = 0;
+    for (std.enums.values(decoder.Cause)) |cause| {
+        if (c.by_cause.get(cause) > best_count) {
+            best = cause;
+            best_count = c.by_cause.get(cause);
+        }
+    }
+    return best;
+}
+
+/// Threads: config, else DATAGO_MAX_TASKS (0 means 1), else the usable CPUs;
+/// never more than the limit (a pass of 3 samples needs no 16 threads).
+fn threadCount(config: *const Config, limit: ?u64) u32 {
+    var n: u32 = config.num_threads orelse fromEnv: {
+        const text = runtime.getenv("DATAGO_MAX_TASKS") orelse break :fromEnv runtime.usableCpuCount();
+        const value = std.fmt.parseInt(u32, std.mem.trim(u8, text, " "), 10) catch break :fromEnv runtime.usableCpuCount();
+        break :fromEnv @max(1, @min(value, config_mod.num_threads_max));
+    };
+    if (limit) |l| n = @intCast(@max(1, @min(n, l)));
+    return n;
+}
+
+/// Per-thread buffers reused from file to file.
+const Scratch = struct {
+    path: std.ArrayList(u8) = .empty,
+    file: std.ArrayList(u8) = .empty,
+
+    fn deinit(self: *Scratch, gpa: Allocator) void {
+        self.path.deinit(gpa);
+        self.file.deinit(gpa);
+    }
+
+    fn pathBuffer(self: *Scratch, gpa: Allocator, len: usize) Allocator.Error![]u8 {
+        try self.path.resize(gpa, len);
+        return self.path.items;
+    }
+
+    /// Reads a whole file into the reused buffer. The result is valid until
+    /// the next call.
+    fn readFile(self: *Scratch, gpa: Allocator, io: Io, path: []const u8, diag: *decoder.Diagnostics) decoder.Error![]const u8 {
+        const file = Io.Dir.cwd().openFile(io, path, .{}) catch |err| {
+            diag.set("cannot open: {s}", .{@errorName(err)});
+            return error.Io;
+        };
+        defer file.close(io);
+        const stat = file.stat(io) catch |err| {
+            diag.set("cannot stat: {s}", .{@errorName(err)});
+            return error.Io;
+        };
+        if (stat.kind == .directory) {
+            diag.set("is a directory", .{});
+            return error.Io;
+        }
+        if (stat.size > file_bytes_max) {
+            diag.set("file of {d} bytes is larger than the {d} bytes accepted", .{ stat.size, file_bytes_max });
+            return error.TooLarge;
+        }
+        self.file.resize(gpa, @intCast(stat.size)) catch {
+            diag.set("out of memory for a file of {d} bytes", .{stat.size});
+            return error.NoMemory;
+        };
+        const n = file.readPositionalAll(io, self.file.items, 0) catch |err| {
+            diag.set("read failed: {s}", .{@errorName(err)});
+            return error.Io;
+        };
+        return self.file.items[0..n];
+    }
+};

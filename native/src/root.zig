@@ -1,0 +1,52 @@
+//! libdatago's root: the exported C ABI (abi.zig), process-wide std options,
+//! the panic policy, and every module's tests.
+const std = @import("std");
+
+pub const abi = @import("abi.zig");
+const alloc_hooks = @import("alloc_hooks.zig");
+const pipeline = @import("pipeline.zig");
+
+pub const std_options: std.Options = .{
+    // No 256 KiB sigaltstack per worker thread, and no handlers of ours under
+    // the host's (zig-0.17.md §3).
+    .signal_stack_size = null,
+    .enable_segfault_handler = false,
+};
+
+/// A failed safety check on one of our worker threads ends only that thread
+/// and fails its pass (the consumer gets DATAGO_ERR_INTERNAL); on a host
+/// thread there is no safe way back, and the default handler aborts with a
+/// message and a trace.
+pub const panic = std.debug.FullPanic(datagoPanic);
+
+fn datagoPanic(msg: []const u8, first_trace_addr: ?usize) noreturn {
+    if (pipeline.current_pass) |pass| {
+        pass.panicked.store(true, .release);
+        std.debug.print("datago: internal error on a worker thread: {s}\n", .{msg});
+        std.c.pthread_exit(null);
+    }
+    std.debug.defaultPanic(msg, first_trace_addr);
+}
+
+comptime {
+    _ = abi;
+    _ = alloc_hooks;
+}
+
+test {
+    std.testing.refAllDecls(@This());
+    _ = @import("config.zig");
+    _ = @import("order.zig");
+    _ = @import("runtime.zig");
+    _ = @import("log.zig");
+    _ = @import("sample.zig");
+    _ = @import("sources/files.zig");
+    _ = @import("decode/decoder.zig");
+    _ = @import("stats.zig");
+    _ = @import("image/bucket.zig");
+    _ = @import("image/convert.zig");
+    _ = @import("encode/png.zig");
+    _ = @import("image/orient.zig");
+    _ = @import("image/process.zig");
+    _ = @import("pipeline_test.zig");
+}

@@ -1,0 +1,186 @@
+//! Counters and latency histograms of a pass, cheap enough to leave on: a
+//! worker adds its timings under the lock it already takes to hand in its
+//! result, and histograms are fixed arrays of log-spaced buckets.
+const std = @import("std");
+const decoder = @import("decode/decoder.zig");
+
+/// Stages a sample goes through on a worker.
+pub const Stage = enum { read, decode, transform, encode };
+
+/// Latencies in nanoseconds, in buckets four per octave (each bucket spans
+/// 19 % of its lower edge), from 1 ns to about 2^64 ns.
+pub const Histogram = struct {
+    const per_octave = 4;
+    const bucket_count = 64 * per_octave;
+
+    counts: [bucket_count]u32 = @splat(0),
+    total: u64 = 0,
+    sum_ns: u64 = 0,
+
+    fn bucketOf(ns: u64) usize {
+        if (ns < 2) return 0;
+        const octave: usize = 63 - @clz(ns);
+        // The two bits below the leading one select the quarter-octave.
+        const fraction: usize = if (octave >= 2) @intCast((ns >> @intCast(octave - 2)) & 3) else @intCast((ns << @intCast(2 - octave)) & 3);
+        return octave * per_octave + fraction;
+    }
+
+    /// Upper edge of a bucket, the value reported for a quantile in it.
+    fn upperEdge(bucket: usize) u64 {
+        const octave = bucket / per_octave;
+        const fraction = bucket % per_octave;
+        const base = @as(u128, 1) << @intCast(octave);
+        const edge = base + base * (fraction + 1) / per_octave;
+        return @intCast(@min(edge, std.math.maxInt(u64)));
+    }
+
+    pub fn add(self: *Histogram, ns: u64) void {
+        self.counts[bucketOf(ns)] +|= 1;
+        self.total += 1;
+        self.sum_ns +|= ns;
+    }
+
+    pub fn merge(self: *Histogram, other: *const Histogram) void {
+        for (&self.counts, other.counts) |*a, b| a.* +|= b;
+        self.total += other.total;
+        self.sum_ns +|= other.sum_ns;
+    }
+
+    /// The value at quantile q (0..1), to within a bucket (+19 %); 0 if empty.
+    pub fn quantile(self: *const Histogram, q: f64) u64 {
+        if (self.total == 0) return 0;
+        const rank: u64 = @intFromFloat(@ceil(q * @as(f64, @floatFromInt(self.total))));
+        var seen: u64 = 0;
+        for (self.counts, 0..) |count, bucket| {
+            seen += count;
+            if (seen >= @max(rank, 1)) return upperEdge(bucket);
+        }
+        return upperEdge(bucket_count - 1);
+    }
+
+    pub fn meanNs(self: *const Histogram) u64 {
+        return if (self.total == 0) 0 else self.sum_ns / self.total;
+    }
+};
+
+/// Timings of one sample on a worker, handed in with its result.
+pub const Timings = struct {
+    ns: std.EnumArray(Stage, u64) = .initFill(0),
+    bytes_read: u64 = 0,
+};
+
+pub const Counters = struct {
+    attempted: u64 = 0,
+    delivered: u64 = 0,
+    failed: u64 = 0,
+    by_cause: std.EnumArray(decoder.Cause, u64) = .initFill(0),
+    bytes_read: u64 = 0,
+    bytes_delivered: u64 = 0,
+    stages: std.EnumArray(Stage, Histogram) = .initFill(.{}),
+    /// Time callers of `next` spent waiting for a sample.
+    consumer_wait: Histogram = .{},
+    listed: u64 = 0,
+    listing_ns: u64 = 0,
+
+    pub fn addTimings(self: *Counters, timings: *const Timings) void {
+        self.bytes_read += timings.bytes_read;
+        for (std.enums.values(Stage)) |stage| {
+            const ns = timings.ns.get(stage);
+            if (ns > 0) self.stages.getPtr(stage).add(ns);
+        }
+    }
+};
+
+/// A point-in-time view of a pass for `datago_loader_stats`.
+pub const Snapshot = struct {
+    counters: Counters,
+    epoch: u64,
+    threads: u32,
+    running: bool,
+    /// Outcomes decoded and waiting in the ready ring / its capacity.
+    ready: u64,
+    ready_capacity: u64,
+    /// Items claimed by workers and not yet handed in.
+    in_flight: u64,
+    plan_len: u64,
+    elapsed_ns: u64,
+};
+
+/// Writes a snapshot as one JSON object.
+pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void {
+    const c = &s.counters;
+    try w.print("{{\"epoch\":{d},\"running\":{},\"threads\":{d},\"elapsed_s\":{d:.3},", .{
+        s.epoch, s.running, s.threads, nsToS(s.elapsed_ns),
+    });
+    try w.print("\"listed\":{d},\"listing_s\":{d:.3},\"planned\":{d},", .{ c.listed, nsToS(c.listing_ns), s.plan_len });
+    try w.print("\"attempted\":{d},\"delivered\":{d},\"failed\":{d},\"bytes_read\":{d},\"bytes_delivered\":{d},", .{
+        c.attempted, c.delivered, c.failed, c.bytes_read, c.bytes_delivered,
+    });
+    try w.writeAll("\"errors\":{");
+    for (std.enums.values(decoder.Cause), 0..) |cause, i| {
+        try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", @tagName(cause), c.by_cause.get(cause) });
+    }
+    try w.print("}},\"queues\":{{\"ready\":{d},\"ready_capacity\":{d},\"in_flight\":{d}}},", .{ s.ready, s.ready_capacity, s.in_flight });
+    try w.writeAll("\"stages\":{");
+    for (std.enums.values(Stage), 0..) |stage, i| {
+        try w.print("{s}\"{s}\":", .{ if (i == 0) "" else ",", @tagName(stage) });
+        try writeHistogram(w, c.stages.getPtrConst(stage));
+    }
+    try w.writeAll("},\"consumer_wait\":");
+    try writeHistogram(w, &c.consumer_wait);
+    try w.writeAll("}");
+}
+
+fn writeHistogram(w: *std.Io.Writer, h: *const Histogram) std.Io.Writer.Error!void {
+    try w.print("{{\"count\":{d},\"total_s\":{d:.6},\"mean_ms\":{d:.4},\"p50_ms\":{d:.4},\"p99_ms\":{d:.4}}}", .{
+        h.total, nsToS(h.sum_ns), nsToMs(h.meanNs()), nsToMs(h.quantile(0.5)), nsToMs(h.quantile(0.99)),
+    });
+}
+
+fn nsToS(ns: u64) f64 {
+    return @as(f64, @floatFromInt(ns)) / std.time.ns_per_s;
+}
+
+fn nsToMs(ns: u64) f64 {
+    return @as(f64, @floatFromInt(ns)) / std.time.ns_per_ms;
+}
+
+const testing = std.testing;
+
+test "histogram quantiles land within a bucket" {
+    var h: Histogram = .{};
+    for (1..1001) |i| h.add(i * 1000);
+    const p50 = h.quantile(0.5);
+    try testing.expect(p50 >= 500_000 and p50 <= 500_000 * 120 / 100);
+    const p99 = h.quantile(0.99);
+    try testing.expect(p99 >= 990_000 and p99 <= 990_000 * 120 / 100);
+    try testing.expectEqual(@as(u64, 500_500), h.meanNs());
+    var empty: Histogram = .{};
+    try testing.expectEqual(@as(u64, 0), empty.quantile(0.5));
+}
+
+test "bucket edges are increasing" {
+    var previous: u64 = 0;
+    for (0..Histogram.bucket_count - 8) |b| {
+        const edge = Histogram.upperEdge(b);
+        try testing.expect(edge >= previous);
+        previous = edge;
+    }
+    for ([_]u64{ 2, 3, 5, 100, 1 << 40 }) |ns| try testing.expect(Histogram.upperEdge(Histogram.bucketOf(ns)) >= ns);
+}
+
+test "stats serialise as JSON" {
+    var snapshot: Snapshot = .{
+        .counters = .{}, .epoch = 1, .threads = 2, .running = true, .ready = 3,
+        .ready_capacity = 8, .in_flight = 1, .plan_len = 10, .elapsed_ns = 1_500_000_000,
+    };
+    snapshot.counters.by_cause.set(.corrupt, 3);
+    snapshot.counters.stages.getPtr(.decode).add(2_000_000);
+    var buffer: [4096]u8 = undefined;
+    var w: std.Io.Writer = .fixed(&buffer);
+    try writeJson(&w, &snapshot);
+    const parsed = try std.json.parseFromSlice(std.json.Value, testing.allocator, w.buffered(), .{});
+    defer parsed.deinit();
+    try testing.expectEqual(@as(i64, 3), parsed.value.object.get("errors").?.object.get("corrupt").?.integer);
+    try testing.expectEqual(@as(i64, 1), parsed.value.object.get("stages").?.object.get("decode").?.object.get("count").?.integer);
+}
