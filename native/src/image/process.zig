@@ -1,0 +1,253 @@
+//! One image from encoded bytes to what a sample carries (spec §5): decode,
+//! orient, fit into a bucket, convert, encode. Runs on worker threads;
+//! allocates only the buffers the result needs and the resizer's scratch.
+const std = @import("std");
+const Allocator = std.mem.Allocator;
+
+const abi = @import("../abi_types.zig");
+const config_mod = @import("../config.zig");
+const decoder = @import("../decode/decoder.zig");
+const jpeg = @import("../decode/jpeg.zig");
+const sample = @import("../sample.zig");
+const png = @import("../encode/png.zig");
+const bucket = @import("bucket.zig");
+const convert = @import("convert.zig");
+const orient = @import("orient.zig");
+const resize = @import("resize.zig");
+const stats = @import("../stats.zig");
+
+pub const Pixels = sample.Pixels;
+pub const Error = decoder.Error;
+
+/// What an image is to its sample: masks are never converted to RGB and
+/// always encode as PNG; masks and additional images follow the main
+/// image's bucket (spec §5.2).
+pub const Role = enum { main, mask, additional };
+
+/// The image configuration of a pass, with its bucket table built once.
+pub const Transform = struct {
+    config: config_mod.ImageConfig,
+    table: ?bucket.Table,
+
+    pub fn init(gpa: Allocator, image: ?config_mod.ImageConfig) Allocator.Error!Transform {
+        const config = image orelse config_mod.ImageConfig{};
+        const table: ?bucket.Table = if (config.crop_and_resize) try bucket.Table.init(gpa, .{
+            .default_image_size = config.default_image_size,
+            .downsampling_ratio = config.downsampling_ratio,
+            .min_aspect_ratio = config.min_aspect_ratio,
+            .max_aspect_ratio = config.max_aspect_ratio,
+        }) else null;
+        return .{ .config = config, .table = table };
+    }
+
+    pub fn deinit(self: *Transform, gpa: Allocator) void {
+        if (self.table) |*t| t.deinit(gpa);
+        self.* = undefined;
+    }
+};
+
+pub const Request = struct {
+    role: Role = .main,
+    /// Bucket key of the sample's main image, for aligned masks and
+    /// additional images; null: the image picks its own bucket.
+    bucket_key: ?i64 = null,
+    max_pixels: u64,
+};
+
+/// The processed image and the bucket it went into (for aligning the rest
+/// of its sample).
+pub const Result = struct {
+    pixels: Pixels,
+    bucket_key: ?i64,
+};
+
+/// Runs every step for one image. `timings` receives per-stage times.
+pub fn run(
+    gpa: Allocator,
+    bytes: []const u8,
+    transform: *const Transform,
+    request: Request,
+    timings: *stats.Timings,
+    diag: *decoder.Diagnostics,
+) Error!Result {
+    const c = &transform.config;
+    var clock = now();
+    var image = try decoder.decode(gpa, bytes, request.max_pixels, diag);
+    errdefer image.deinit(gpa);
+    timings.ns.set(.decode, lap(&clock));
+
+    if (c.exif_transpose) try applyOrientation(gpa, &image, decoder.exifOrientation(bytes));
+
+    var key: ?i64 = null;
+    if (transform.table) |*table| {
+        const chosen = pick(table, image.width, image.height, request.bucket_key);
+        key = chosen.key_milli;
+        try fitInto(gpa, &image, chosen.size, filterFor(c, request.role));
+    }
+    if (c.image_to_rgb8 and request.role != .mask and !(image.channels == 3 and image.bit_depth == 8)) {
+        const rgb = convert.toRgb8(gpa, viewOf(&image)) catch return error.NoMemory;
+        replace(gpa, &image, rgb, 3, 8);
+    }
+    timings.ns.set(.transform, lap(&clock));
+
+    if (c.pre_encode_images) {
+        const format: config_mod.EncodeFormat = if (request.role == .mask) .png else c.encode_format;
+        try encodeInPlace(gpa, &image, format, c.jpeg_quality, diag);
+        timings.ns.set(.encode, lap(&clock));
+    }
+    return .{ .pixels = image, .bucket_key = key };
+}
+
+fn pick(table: *const bucket.Table, width: u32, height: u32, key: ?i64) bucket.Bucket {
+    if (key) |k| if (table.byKey(k)) |b| return b;
+    return table.choose(width, height);
+}
+
+fn filterFor(c: *const config_mod.ImageConfig, role: Role) resize.Filter {
+    return if (role == .mask and c.mask_resample == .nearest) .nearest else .lanczos3;
+}
+
+fn viewOf(image: *const Pixels) convert.View {
+    return .{ .pixels = image.data, .width = image.width, .height = image.height, .channels = image.channels, .bit_depth = image.bit_depth };
+}
+
+/// Swaps the image's buffer for `fresh` with new channels/depth (same size).
+fn replace(gpa: Allocator, image: *Pixels, fresh: []align(16) u8, channels: u8, bit_depth: u8) void {
+    gpa.free(image.backing);
+    image.data = fresh;
+    image.backing = fresh;
+    image.channels = channels;
+    image.bit_depth = bit_depth;
+}
+
+fn applyOrientation(gpa: Allocator, image: *Pixels, orientation: u8) Error!void {
+    const bpp = @as(usize, image.channels) * (image.bit_depth / 8);
+    const turned = orient.apply(gpa, image.data, image.width, image.height, bpp, orientation) catch return error.NoMemory;
+    const fresh = turned orelse return;
+    gpa.free(image.backing);
+    image.data = fresh;
+    image.backing = fresh;
+    if (orient.swapsAxes(orientation)) std.mem.swap(u32, &image.width, &image.height);
+    image.original_width = image.width;
+    image.original_height = image.height;
+    image.crop = .{ 0, 0, @floatFromInt(image.width), @floatFromInt(image.height) };
+}
+
+/// Cover-resize + centre-crop into `size` in one resampling pass from the
+/// source (spec §5.3; no intermediate of the cover size is ever allocated).
+fn fitInto(gpa: Allocator, image: *Pixels, size: bucket.Size, filter: resize.Filter) Error!void {
+    const geometry = bucket.fit(image.width, image.height, size);
+    image.crop = geometry.box;
+    image.scale = geometry.scale;
+    if (geometry.identity) return;
+    const bytes_per_sample: usize = image.bit_depth / 8;
+    const len = @as(usize, size.width) * size.height * image.channels * bytes_per_sample;
+    const out = sample.Pixels.alloc(gpa, len) catch return error.NoMemory;
+    errdefer gpa.free(out);
+    const alpha: resize.AlphaMode = if (image.bit_depth == 8 and (image.channels == 2 or image.channels == 4)) .premultiply else .straight;
+    resize.resize(gpa, .{
+        .pixels = image.data,
+        .width = image.width,
+        .height = image.height,
+        .channels = image.channels,
+        .bit_depth = image.bit_depth,
+        .stride_bytes = @as(usize, image.width) * image.channels * bytes_per_sample,
+    }, .{ .left = geometry.box[0], .top = geometry.box[1], .right = geometry.box[2], .bottom = geometry.box[3] }, size.width, size.height, filter, alpha, out) catch return error.NoMemory;
+    gpa.free(image.backing);
+    image.data = out;
+    image.backing = out;
+    image.width = size.width;
+    image.height = size.height;
+}
+
+/// Replaces the pixels by a PNG or JPEG file of them. JPEG takes 8-bit L or
+/// RGB: alpha is composited on grey 128 and 16-bit reduced first, instead of
+/// dropping the image as the reference does (spec §11.10).
+fn encodeInPlace(gpa: Allocator, image: *Pixels, format: config_mod.EncodeFormat, quality: u8, diag: *decoder.Diagnostics) Error!void {
+    const file: []u8 = switch (format) {
+        .png => png.encode(gpa, .{
+            .pixels = image.data,
+            .width = image.width,
+            .height = image.height,
+            .channels = image.channels,
+            .bit_depth = image.bit_depth,
+        }) catch return error.NoMemory,
+        .jpeg => blk: {
+            const converted = convert.toJpegInput(gpa, viewOf(image)) catch return error.NoMemory;
+            defer if (converted) |cv| gpa.free(cv.pixels);
+            const pixels = if (converted) |cv| cv.pixels else image.data;
+            const channels = if (converted) |cv| cv.channels else image.channels;
+            var jdiag: jpeg.Diagnostics = .{};
+            const encoded = jpeg.encode(gpa, pixels, image.width, image.height, channels, quality, &jdiag) catch |err| {
+                diag.set("JPEG encoding failed: {s} {s}", .{ @errorName(err), jdiag.text() });
+                return error.NoMemory;
+            };
+            if (converted != null) image.bit_depth = 8;
+            break :blk encoded;
+        },
+    };
+    // Re-home the file in a 16-aligned block: samples own 16-aligned buffers.
+    defer gpa.free(file);
+    const owned = sample.Pixels.alloc(gpa, file.len) catch return error.NoMemory;
+    @memcpy(owned, file);
+    gpa.free(image.backing);
+    image.data = owned;
+    image.backing = owned;
+    image.encoding = if (format == .png) .png else .jpeg;
+}
+
+fn now() u64 {
+    return @import("../runtime.zig").monotonicNs();
+}
+
+fn lap(clock: *u64) u64 {
+    const t = now();
+    defer clock.* = t;
+    return t - clock.*;
+}
+
+const testing = std.testing;
+
+fn bmp(buffer: []u8, w: u32, h: u32) []u8 {
+    const row = (w * 3 + 3) & ~@as(u32, 3);
+    const size = 54 + row * h;
+    @memset(buffer[0..size], 0);
+    @memcpy(buffer[0..2], "BM");
+    std.mem.writeInt(u32, buffer[2..6], size, .little);
+    std.mem.writeInt(u32, buffer[10..14], 54, .little);
+    std.mem.writeInt(u32, buffer[14..18], 40, .little);
+    std.mem.writeInt(i32, buffer[18..22], @intCast(w), .little);
+    std.mem.writeInt(i32, buffer[22..26], @intCast(h), .little);
+    std.mem.writeInt(u16, buffer[26..28], 1, .little);
+    std.mem.writeInt(u16, buffer[28..30], 24, .little);
+    for (0..h) |y| for (0..w * 3) |i| {
+        buffer[54 + y * row + i] = @intCast((y * 7 + i * 13) % 256);
+    };
+    return buffer[0..size];
+}
+
+test "bucketed, converted and encoded without leaks" {
+    const alloc_hooks = @import("../alloc_hooks.zig");
+    alloc_hooks.allocator = testing.allocator;
+    defer alloc_hooks.allocator = null;
+    var buffer: [54 + 64 * 31]u8 = undefined;
+    const file = bmp(&buffer, 21, 31);
+    var transform = try Transform.init(testing.allocator, .{
+        .crop_and_resize = true,
+        .default_image_size = 64,
+        .downsampling_ratio = 16,
+        .min_aspect_ratio = 0.5,
+        .max_aspect_ratio = 2.0,
+        .pre_encode_images = true,
+    });
+    defer transform.deinit(testing.allocator);
+    var timings: stats.Timings = .{};
+    var diag: decoder.Diagnostics = .{};
+    var result = try run(testing.allocator, file, &transform, .{ .max_pixels = 1 << 20 }, &timings, &diag);
+    defer result.pixels.deinit(testing.allocator);
+    try testing.expectEqual(abi.Encoding.png, result.pixels.encoding);
+    try testing.expect(std.mem.startsWith(u8, result.pixels.data, "\x89PNG"));
+    try testing.expectEqual(@as(u32, 21), result.pixels.original_width);
+    // 21x31 (0.677) -> the 0.667 bucket of 64/16: 48x80? check it is in the table.
+    try testing.expect(transform.table.?.byKey(result.bucket_key.?) != null);
+}
