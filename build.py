@@ -1,0 +1,103 @@
+"""Builds libdatago with the pinned Zig from PyPI's `ziglang` and packages it.
+
+`pip install .` / `pip wheel .` run this through setup.py: the native library
+is compiled (ReleaseSafe, a manylinux glibc baseline, a portable CPU level) and
+placed inside the `datago` package with its header and the vendored codecs'
+licences, and the wheel is tagged `py3-none-<platform>`: cffi's ABI mode does
+not depend on the CPython ABI, so one wheel serves every Python 3.
+
+`python build.py` builds the same library into the source tree (datago/), so
+that `PYTHONPATH=. python -m pytest` works in a checkout without installing.
+
+Environment: ZIG_GLOBAL_CACHE_DIR (shared Zig cache), DATAGO_OPTIMIZE
+(ReleaseSafe by default), DATAGO_NATIVE_CPU=1 (tune for this machine; never
+for wheels you ship), DATAGO_REQUIRE_SIMD=1 (fail without nasm).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+NATIVE = ROOT / "native"
+LIBRARY = "libdatago.so"
+# Licence files of vendored code, shipped with the binary that contains it.
+LICENSES = {
+    "libjpeg-turbo": ["LICENSE.md", "README.ijg"],
+    "libwebp": ["COPYING", "PATENTS"],
+    "stb": ["COPYRIGHT.debian"],
+}
+
+_TARGETS = {
+    "x86_64": ("x86_64-linux-gnu.2.17", "x86_64_v2", "manylinux_2_17_x86_64"),
+    "aarch64": ("aarch64-linux-gnu.2.17", "baseline", "manylinux_2_17_aarch64"),
+}
+
+
+def _target() -> tuple[str, str, str]:
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    if sys.platform != "linux" or machine not in _TARGETS:
+        raise RuntimeError(f"datago builds on Linux x86_64 and aarch64; this is {sys.platform} {machine}")
+    return _TARGETS[machine]
+
+
+def build_native(package_dir: Path) -> None:
+    """Compiles libdatago and copies it, the header and the licences into
+    `package_dir` (a `datago/` folder)."""
+    zig_target, cpu, _ = _target()
+    optimize = os.environ.get("DATAGO_OPTIMIZE", "ReleaseSafe")
+    command = [sys.executable, "-m", "ziglang", "build", f"-Doptimize={optimize}"]
+    if os.environ.get("DATAGO_NATIVE_CPU") != "1":
+        command += [f"-Dtarget={zig_target}", f"-Dcpu={cpu}"]
+    with tempfile.TemporaryDirectory(prefix="datago-zig-") as prefix:
+        command += ["--prefix", prefix]
+        print(f"datago: building libdatago: {' '.join(command[2:])}", flush=True)
+        started = time.monotonic()
+        subprocess.run(command, cwd=NATIVE, check=True)
+        print(f"datago: libdatago built in {time.monotonic() - started:.0f} s", flush=True)
+        package_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(prefix) / "lib" / LIBRARY, package_dir / LIBRARY)
+    shutil.copy2(NATIVE / "include" / "datago.h", package_dir / "datago.h")
+    for vendor, names in LICENSES.items():
+        target = package_dir / "_licenses" / vendor
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source = NATIVE / "vendor" / vendor / name
+            if source.is_file():
+                shutil.copy2(source, target / name)
+
+
+def setup_package() -> None:
+    from setuptools import Distribution, setup
+    from setuptools.command.bdist_wheel import bdist_wheel
+    from setuptools.command.build_py import build_py
+
+    class BuildPyWithNative(build_py):
+        def run(self) -> None:
+            super().run()
+            build_native(Path(self.build_lib) / "datago")
+
+    class BinaryDistribution(Distribution):
+        def has_ext_modules(self) -> bool:
+            return True
+
+    class PlatformWheel(bdist_wheel):
+        def get_tag(self) -> tuple[str, str, str]:
+            return "py3", "none", _target()[2]
+
+    setup(
+        distclass=BinaryDistribution,
+        cmdclass={"build_py": BuildPyWithNative, "bdist_wheel": PlatformWheel},
+    )
+
+
+if __name__ == "__main__":
+    build_native(ROOT / "datago")

@@ -1,0 +1,33 @@
+"""datago: a high-throughput image data loader.
+
+A drop-in replacement for Photoroom's Rust ``datago``: ``DatagoClient(json)``
+with ``start()``, ``get_sample()``, ``get_sample_auto_convert()`` and
+``stop()``; ``initialize_logging``; ``ImagePayload``. Decoding and image
+processing run on native threads outside the GIL; samples reach Python as
+zero-copy NumPy views.
+"""
+
+from __future__ import annotations
+
+from ._native import ffi as _ffi
+from ._native import lib as _lib
+from .client import DatagoClient, live_cleanup_threads, live_samples
+from .errors import ConfigError, DatagoError, SourceError
+from .logs import initialize_logging
+from .types import ImagePayload, LatentPayload, RawImagePayload, Sample
+
+__version__: str = _ffi.string(_lib.datago_version()).decode()
+
+__all__ = [
+    "DatagoClient",
+    "ImagePayload",
+    "initialize_logging",
+    "live_cleanup_threads",
+    "live_samples",
+    "Sample",
+    "RawImagePayload",
+    "LatentPayload",
+    "DatagoError",
+    "ConfigError",
+    "SourceError",
+]

@@ -1,0 +1,7 @@
+"""``python -m datago``: see ``python -m datago --help``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The one door to libdatago: finds the shared library, declares its C ABI to
+cffi (ABI mode: no compiler at import) from the same header C users include,
+checks the ABI version, and maps status codes to exceptions.
+
+Nothing else in the package imports cffi.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+from .errors import ConfigError, DatagoError, SourceError
+
+ABI_VERSION = 1
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SOURCE_TREE = _PACKAGE_DIR.parent / "native"
+_LIBRARY_NAME = "libdatago.so"
+
+
+def header_to_cdef(text: str) -> str:
+    """Turns datago.h into declarations cffi accepts: no comments, no
+    preprocessor lines except integer #defines, no extern "C" braces."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if re.fullmatch(r"#define\s+[A-Z_][A-Z0-9_]*\s+-?\d+", stripped):
+                lines.append(stripped)
+            continue
+        if stripped in ('extern "C" {', "}") and not line.startswith(" "):
+            # The closing brace of extern "C" stands alone at column 0;
+            # struct bodies close with "} name;".
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _find(name: str, candidates: list[Path]) -> Path:
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in candidates)
+    raise DatagoError(f"cannot find {name} (looked at {tried}); reinstall datago with `pip install .`")
+
+
+def _library_path() -> Path:
+    override = os.environ.get("DATAGO_LIBRARY")
+    if override:
+        return _find(_LIBRARY_NAME, [Path(override)])
+    return _find(_LIBRARY_NAME, [_PACKAGE_DIR / _LIBRARY_NAME, _SOURCE_TREE / "zig-out" / "lib" / _LIBRARY_NAME])
+
+
+def _header_path() -> Path:
+    return _find("datago.h", [_PACKAGE_DIR / "datago.h", _SOURCE_TREE / "include" / "datago.h"])
+
+
+ffi = FFI()
+ffi.cdef(header_to_cdef(_header_path().read_text()))
+library_path = _library_path()
+lib = ffi.dlopen(str(library_path))
+
+if lib.datago_abi_version() != ABI_VERSION:
+    raise DatagoError(
+        f"{library_path} implements datago ABI version {lib.datago_abi_version()}, "
+        f"but this Python package was written for version {ABI_VERSION}; reinstall datago"
+    )
+
+OK = lib.DATAGO_OK
+END = lib.DATAGO_END
+TIMEOUT = lib.DATAGO_TIMEOUT
+
+_ERRORS = {
+    lib.DATAGO_ERR_CONFIG: ConfigError,
+    lib.DATAGO_ERR_SOURCE: SourceError,
+    lib.DATAGO_ERR_NO_MEMORY: MemoryError,
+}
+
+
+def last_error() -> str:
+    return ffi.string(lib.datago_last_error()).decode("utf-8", "replace")
+
+
+def error_for(status: int) -> Exception:
+    """The exception for a failed call, with the library's message."""
+    return _ERRORS.get(status, DatagoError)(last_error())
+
+
+def check(status: int) -> int:
+    """Raises the mapped exception for a failure status; returns the others."""
+    if status < 0:
+        raise error_for(status)
+    return status

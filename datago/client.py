@@ -1,0 +1,169 @@
+"""``DatagoClient``: the reference's client (spec §1.2, §2) over libdatago."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import _native
+from ._native import ffi, lib
+from .errors import DatagoError
+from .types import Sample
+
+_logger = logging.getLogger("datago")
+
+#: Slice of a blocking wait: Ctrl-C and other Python threads get a chance at
+#: least this often (spec §2.5).
+POLL_MS = 100
+
+
+class DatagoClient:
+    """Loads samples described by a JSON configuration (spec §4).
+
+    ``DatagoClient(config_json)`` validates the configuration (a bad one raises
+    ``ConfigError`` naming the key) but does no I/O and starts no thread: the
+    first pass begins at ``start()`` or at the first ``get_sample()``.
+    Samples come in a deterministic order (docs/design.md) and stay valid
+    after the client is stopped or closed.
+
+    Beyond the reference: iteration (``for sample in client``), ``close()``
+    and ``with``, and ``last_stop_reason``.
+    """
+
+    def __init__(self, str_config: str) -> None:
+        if not isinstance(str_config, str):
+            raise TypeError(f"argument 'str_config': '{type(str_config).__name__}' object cannot be cast as 'str'")
+        encoded = str_config.encode("utf-8")
+        out = ffi.new("datago_loader **")
+        _native.check(lib.datago_loader_open(encoded, len(encoded), out))
+        self._handle = ffi.gc(out[0], lib.datago_loader_close)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timeout_s = _timeout_from(str_config)
+        #: Why the last pass ended early: None, "stopped" or "timeout".
+        self.last_stop_reason: str | None = None
+
+    # -- reference API --------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts a pass if none is running; after the end of data or a
+        ``stop()``, starts a new pass (the next epoch)."""
+        handle = self._live_handle()
+        self.last_stop_reason = None
+        _native.check(lib.datago_loader_start(handle))
+
+    def get_sample(self) -> Sample | None:
+        """The next sample, or ``None`` at the end of the pass, after
+        ``stop()``, or when nothing arrived within ``timeout_s`` (300 s by
+        default; logged at WARN and recorded in ``last_stop_reason``).
+        Raises ``SourceError`` if the pass failed as a whole. Waits with the
+        GIL released, in slices of 100 ms, so Ctrl-C works."""
+        handle = self._live_handle()
+        out = ffi.new("datago_sample **")
+        status = lib.datago_loader_next(handle, POLL_MS, out)
+        if status == _native.OK:
+            return Sample(ffi.gc(out[0], lib.datago_sample_free))
+        deadline = time.monotonic() + self._timeout_s
+        while status == _native.TIMEOUT:
+            if time.monotonic() >= deadline:
+                _logger.warning("datago: no sample arrived within %.0f s; stopping the client", self._timeout_s)
+                self.stop()
+                self.last_stop_reason = "timeout"
+                return None
+            status = lib.datago_loader_next(handle, POLL_MS, out)
+        if status == _native.OK:
+            return Sample(ffi.gc(out[0], lib.datago_sample_free))
+        if status == _native.END:
+            return None
+        raise _native.error_for(status)
+
+    def get_sample_auto_convert(self) -> dict[str, Any] | None:
+        """Like ``get_sample()`` but a plain dict with PIL images (spec §3.4)."""
+        sample = self.get_sample()
+        return None if sample is None else sample.to_dict()
+
+    def stop(self) -> None:
+        """Ends the running pass: waiting readers get ``None``. Idempotent."""
+        if self._closed or os.getpid() != self._pid:
+            return
+        if self.last_stop_reason is None:
+            self.last_stop_reason = "stopped"
+        lib.datago_loader_stop(self._handle)
+
+    # -- extensions -----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Native counters of the current or last pass: samples and bytes
+        delivered, failures per cause, per-stage time (count, mean, p50, p99),
+        the time readers waited, queue depths, threads. ``{}`` before the
+        first pass. Cheap: safe to poll during training."""
+        handle = self._live_handle()
+        length = ffi.new("size_t *")
+        buffer = ffi.new("char[]", 16384)
+        status = lib.datago_loader_stats(handle, buffer, len(buffer), length)
+        if status == lib.DATAGO_ERR_ARGUMENT and length[0] >= len(buffer):
+            buffer = ffi.new("char[]", length[0] + 1)
+            status = lib.datago_loader_stats(handle, buffer, len(buffer), length)
+        _native.check(status)
+        return json.loads(ffi.string(buffer, length[0]))
+
+    def close(self) -> None:
+        """Stops and releases the native loader. Idempotent. Samples already
+        returned stay valid."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if os.getpid() == self._pid:
+                ffi.release(self._handle)
+
+    def __enter__(self) -> DatagoClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Sample]:
+        while (sample := self.get_sample()) is not None:
+            yield sample
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<datago.DatagoClient {state}>"
+
+    def _live_handle(self) -> Any:
+        if self._closed:
+            raise DatagoError("this DatagoClient is closed")
+        if os.getpid() != self._pid:
+            raise DatagoError(
+                f"this DatagoClient was created in process {self._pid} and cannot be used in process "
+                f"{os.getpid()} (after fork); create the client inside the child, e.g. in "
+                "IterableDataset.__iter__"
+            )
+        return self._handle
+
+
+def _timeout_from(text: str) -> float:
+    # Validated natively at open; only read here.
+    try:
+        value = json.loads(text).get("timeout_s")
+    except (ValueError, AttributeError):
+        return 300.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 300.0
+
+
+def live_cleanup_threads() -> int:
+    """Stopped or closed passes whose native work is still finishing (0 once
+    everything has drained)."""
+    return int(lib.datago_live_cleanup_threads())
+
+
+def live_samples() -> int:
+    """Samples handed out by the library and not yet freed (for leak checks)."""
+    return int(lib.datago_live_samples())

@@ -1,0 +1,21 @@
+"""The exceptions datago raises: one small tree rooted at DatagoError."""
+
+from __future__ import annotations
+
+
+class DatagoError(Exception):
+    """Base class of every error datago raises on purpose."""
+
+
+class ConfigError(DatagoError, ValueError):
+    """The configuration is invalid; the message starts with the key at fault
+    (e.g. ``image_config.default_image_size: ...``)."""
+
+
+class SourceError(DatagoError, RuntimeError):
+    """The source failed as a whole: unreadable root, every file failed, or
+    more errors than ``max_error_fraction`` allows. The message names the
+    cause and an example path."""
+
+
+__all__ = ["DatagoError", "ConfigError", "SourceError"]

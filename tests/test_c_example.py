@@ -1,0 +1,67 @@
+"""The C example builds with `python -m ziglang cc` against datago.h alone and
+runs against the library of the installed package; under valgrind when it is
+available, with leaks and invalid accesses as failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datago import _native
+from support import noise_image
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "c" / "list_samples.c"
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("c") / "list_samples"
+    lib_dir = _native.library_path.parent
+    header_dir = Path(_native._header_path()).parent
+    command = [
+        sys.executable, "-m", "ziglang", "cc", "-std=c11", "-Wall", "-pedantic", "-Wextra", "-Werror", "-O1", "-g",
+        str(EXAMPLE), f"-I{header_dir}", f"-L{lib_dir}", "-ldatago", f"-Wl,-rpath,{lib_dir}", "-o", str(out),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    return out
+
+
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(5):
+        noise_image(10 + i, 8, "RGB", i).save(root / f"{i}.png")
+    (root / "broken.jpg").write_bytes(b"nope")
+    return root
+
+
+def test_c_example_lists_every_sample(binary: Path, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    result = subprocess.run([str(binary), str(root)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [f"{root}/{i}.png {10 + i}x8 3 8" for i in range(5)]
+    assert "5 samples, 0 still alive" in result.stderr
+
+
+def test_c_example_reports_config_errors(binary: Path) -> None:
+    result = subprocess.run([str(binary), "/tmp", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "config error: limit: must be greater than 0" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)")
+def test_c_example_is_clean_under_valgrind(binary: Path, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    result = subprocess.run(
+        ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+         str(binary), str(root), "3"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "DATAGO_MAX_TASKS": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("\n") == 3
