@@ -13,6 +13,7 @@ from ._native import ffi as _ffi
 from ._native import lib as _lib
 from .client import DatagoClient, live_cleanup_threads, live_samples
 from .errors import ConfigError, DatagoError, SourceError
+from .imaging import Bucket, Fit, buckets, fit, transform
 from .logs import initialize_logging
 from .types import ImagePayload, LatentPayload, RawImagePayload, Sample
 
@@ -27,6 +28,11 @@ __all__ = [
     "Sample",
     "RawImagePayload",
     "LatentPayload",
+    "buckets",
+    "fit",
+    "transform",
+    "Bucket",
+    "Fit",
     "DatagoError",
     "ConfigError",
     "SourceError",

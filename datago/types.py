@@ -132,7 +132,8 @@ class RawImagePayload:
         if self.is_empty():
             return None
         if self.is_encoded:
-            return np.asarray(self.to_pil_image())
+            array = np.asarray(self.to_pil_image())
+            return array[:, :, None] if array.ndim == 2 else array
         if self._array is None:
             dtype = np.dtype("<u2") if self.bit_depth == 16 else np.uint8
             array = np.frombuffer(self._buffer(), dtype=dtype).reshape(self.height, self.width, self.channels)

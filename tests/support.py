@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,15 @@ def file_config(root: os.PathLike[str] | str, **top: Any) -> str:
 
 def drain(client: datago.DatagoClient) -> list[datago.Sample]:
     return list(client)
+
+
+def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Runs Python code in a fresh interpreter, from a neutral folder so that
+    `import datago` finds the installed package, not the source tree."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir(),
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:

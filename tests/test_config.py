@@ -70,6 +70,11 @@ BAD = [
                           "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}),
         "image_config.downsampling_ratio: 128 is larger than default_image_size (64)",
     ),
+    (
+        cfg(image_config={"crop_and_resize": True, "default_image_size": 16, "downsampling_ratio": 16,
+                          "min_aspect_ratio": 0.5, "max_aspect_ratio": 0.6}),
+        "image_config.default_image_size: no bucket fits",
+    ),
     (cfg(image_config={"crop_and_resize": False, "default_image_size": "64"}), "image_config.default_image_size: expected"),
     (cfg(image_config={"crop_and_resize": False, "default_image_size": 64.0}), "image_config.default_image_size: expected"),
     (cfg(image_config={"crop_and_resize": False, "encode_format": "JPEG"}), "image_config.encode_format: unknown format 'JPEG'"),

@@ -7,10 +7,6 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,7 +15,7 @@ import numpy as np
 import pytest
 
 import datago
-from support import drain, file_config, wait_until
+from support import drain, file_config, run_python, wait_until
 
 
 def fifo_root(tmp_path: Path) -> Path:
@@ -216,13 +212,6 @@ def test_timeout_s_returns_none_and_says_why(tmp_path: Path, caplog) -> None:
     assert any("no sample arrived within" in r.message for r in caplog.records)
     unblock(fifo)
     client.close()
-
-
-def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
-    )
 
 
 def test_ctrl_c_interrupts_a_blocked_get_sample(tmp_path: Path) -> None:

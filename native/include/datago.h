@@ -82,6 +82,7 @@ typedef enum datago_source_kind {
     DATAGO_SOURCE_FILE = 0,
     DATAGO_SOURCE_WEBDATASET = 1,
     DATAGO_SOURCE_DATAROOM = 2,
+    DATAGO_SOURCE_MEMORY = 3,   /* datago_transform */
     DATAGO_SOURCE_KIND_MAX = 0x7fffffff
 } datago_source_kind;
 
@@ -238,6 +239,68 @@ datago_status datago_loader_stats(datago_loader *loader, char *buffer, size_t ca
 /* DESTRUCTOR. Frees a sample and everything it points to. NULL is a no-op.
  * Any thread, also after its loader was closed. */
 void datago_sample_free(datago_sample *sample);
+
+/* ---- Images without a loader ---------------------------------------------- */
+
+/* An encoded image given by the caller: a complete JPEG, PNG, BMP, GIF or
+ * WebP file, and a name (for masks and additional images). Borrowed. */
+typedef struct datago_encoded {
+    datago_str name;
+    const uint8_t *data;
+    uint64_t len;
+} datago_encoded;
+
+/* One aspect-ratio bucket. */
+typedef struct datago_bucket {
+    int32_t width;
+    int32_t height;
+    double aspect_ratio;    /* the bucket's key: width / height rounded to 3 decimals */
+} datago_bucket;
+
+/* Where an image of a given size goes: the bucket and the box of the source
+ * (original pixels, Pillow's box convention) that is resampled into it. */
+typedef struct datago_fit {
+    int32_t width;          /* output size (the bucket's) */
+    int32_t height;
+    double crop_left;
+    double crop_top;
+    double crop_right;
+    double crop_bottom;
+    double scale;           /* s of the cover resize (1.0 when nothing changes) */
+    double aspect_ratio;    /* the bucket's key; 0 without crop_and_resize */
+} datago_fit;
+
+/* Decodes and transforms one sample's images with an image_config (JSON, as
+ * in a loader's "image_config"; "null" means no processing), exactly as a
+ * loader would: the main image picks its bucket, masks and additional images
+ * are resized into the same bucket (masks stay single-channel, PNG when
+ * pre-encoded, nearest-neighbour with "mask_resample": "nearest"). image may
+ * be NULL (then each other image picks its own bucket). The inputs are not
+ * retained. On success *sample_out (caller owns; free with
+ * datago_sample_free) has source_kind DATAGO_SOURCE_MEMORY and an empty id.
+ * Returns DATAGO_OK, DATAGO_ERR_ARGUMENT, DATAGO_ERR_CONFIG,
+ * DATAGO_ERR_DECODE (the message names the image) or DATAGO_ERR_NO_MEMORY.
+ * Thread-safe. */
+datago_status datago_transform(const char *image_config_json, size_t config_len,
+                               const uint8_t *image, size_t image_len,
+                               const datago_encoded *masks, size_t mask_count,
+                               const datago_encoded *additional_images, size_t additional_count,
+                               datago_sample **sample_out /* OUT: caller owns */);
+
+/* The bucket table of an image_config with crop_and_resize, sorted by
+ * aspect ratio. Writes at most capacity entries to buckets_out (may be NULL
+ * when capacity is 0) and sets *count_out to the table's size. Returns
+ * DATAGO_OK, DATAGO_ERR_CONFIG (also when crop_and_resize is false) or
+ * DATAGO_ERR_ARGUMENT. Thread-safe. */
+datago_status datago_buckets(const char *image_config_json, size_t config_len,
+                             datago_bucket *buckets_out, size_t capacity, size_t *count_out);
+
+/* The bucket and crop box an image of width x height gets under an
+ * image_config (without crop_and_resize: the image unchanged). Returns
+ * DATAGO_OK, DATAGO_ERR_CONFIG or DATAGO_ERR_ARGUMENT (non-positive size).
+ * Thread-safe. */
+datago_status datago_fit_image(const char *image_config_json, size_t config_len,
+                               int32_t width, int32_t height, datago_fit *fit_out);
 
 /* ---- Counters (for leak tests and shutdown checks) ------------------------ */
 

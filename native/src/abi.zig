@@ -156,3 +156,131 @@ export fn datago_log_init(level: ?[*:0]const u8, installed_out: ?*i32) Status {
     if (installed_out) |out| out.* = @intFromBool(installed);
     return .ok;
 }
+
+const oneshot = @import("image/oneshot.zig");
+const bucket = @import("image/bucket.zig");
+const decoder = @import("decode/decoder.zig");
+
+fn parseImageConfig(text: ?[*]const u8, len: usize, comptime call: []const u8, status: *Status) ?config_mod.ImageConfig {
+    const bytes = text orelse {
+        status.* = fail(.err_argument, call ++ ": image_config_json is NULL", .{});
+        return null;
+    };
+    var diag: config_mod.Diagnostics = .{};
+    return config_mod.parseImageConfig(runtime.gpa, bytes[0..len], &diag) catch |err| {
+        status.* = switch (err) {
+            error.Invalid => fail(.err_config, "{s}", .{diag.text()}),
+            error.OutOfMemory => fail(.err_no_memory, call ++ ": out of memory", .{}),
+        };
+        return null;
+    };
+}
+
+fn inputs(gpa: std.mem.Allocator, list: ?[*]const types.Encoded, count: usize) error{ OutOfMemory, Null }![]oneshot.Input {
+    if (count == 0) return &.{};
+    const items = list orelse return error.Null;
+    const out = try gpa.alloc(oneshot.Input, count);
+    for (out, items[0..count]) |*o, e| {
+        const data = e.data orelse if (e.len == 0) @as([*]const u8, "") else {
+            gpa.free(out);
+            return error.Null;
+        };
+        o.* = .{ .name = e.name.slice(), .bytes = data[0..e.len] };
+    }
+    return out;
+}
+
+export fn datago_transform(
+    image_config_json: ?[*]const u8,
+    config_len: usize,
+    image: ?[*]const u8,
+    image_len: usize,
+    masks: ?[*]const types.Encoded,
+    mask_count: usize,
+    additional_images: ?[*]const types.Encoded,
+    additional_count: usize,
+    sample_out: ?*?*types.Sample,
+) Status {
+    const out = sample_out orelse return fail(.err_argument, "datago_transform: sample_out is NULL", .{});
+    out.* = null;
+    var status: Status = .ok;
+    const image_config = parseImageConfig(image_config_json, config_len, "datago_transform", &status) orelse return status;
+    const gpa = runtime.gpa;
+    const mask_inputs = inputs(gpa, masks, mask_count) catch |err| return switch (err) {
+        error.Null => fail(.err_argument, "datago_transform: masks (or one of their data pointers) is NULL", .{}),
+        error.OutOfMemory => fail(.err_no_memory, "datago_transform: out of memory", .{}),
+    };
+    defer if (mask_count > 0) gpa.free(mask_inputs);
+    const additional_inputs = inputs(gpa, additional_images, additional_count) catch |err| return switch (err) {
+        error.Null => fail(.err_argument, "datago_transform: additional_images (or one of their data pointers) is NULL", .{}),
+        error.OutOfMemory => fail(.err_no_memory, "datago_transform: out of memory", .{}),
+    };
+    defer if (additional_count > 0) gpa.free(additional_inputs);
+    const main: ?[]const u8 = if (image) |p| p[0..image_len] else null;
+    var diag: decoder.Diagnostics = .{};
+    const owned = oneshot.transform(gpa, image_config, main, mask_inputs, additional_inputs, &diag) catch |err| return switch (err) {
+        error.OutOfMemory, error.NoMemory => fail(.err_no_memory, "datago_transform: out of memory", .{}),
+        else => fail(.err_decode, "{s} ({s})", .{ diag.text(), @tagName(decoder.causeOf(@errorCast(err))) }),
+    };
+    out.* = owned.handOut();
+    return .ok;
+}
+
+fn bucketTable(image_config: config_mod.ImageConfig, comptime call: []const u8, status: *Status) ?bucket.Table {
+    if (!image_config.crop_and_resize) {
+        status.* = fail(.err_config, "image_config.crop_and_resize: buckets exist only with crop_and_resize true", .{});
+        return null;
+    }
+    return bucket.Table.init(runtime.gpa, .{
+        .default_image_size = image_config.default_image_size,
+        .downsampling_ratio = image_config.downsampling_ratio,
+        .min_aspect_ratio = image_config.min_aspect_ratio,
+        .max_aspect_ratio = image_config.max_aspect_ratio,
+    }) catch {
+        status.* = fail(.err_no_memory, call ++ ": out of memory", .{});
+        return null;
+    };
+}
+
+export fn datago_buckets(image_config_json: ?[*]const u8, config_len: usize, buckets_out: ?[*]types.Bucket, capacity: usize, count_out: ?*usize) Status {
+    var status: Status = .ok;
+    const image_config = parseImageConfig(image_config_json, config_len, "datago_buckets", &status) orelse return status;
+    var table = bucketTable(image_config, "datago_buckets", &status) orelse return status;
+    defer table.deinit(runtime.gpa);
+    if (count_out) |c| c.* = table.buckets.len;
+    if (capacity > 0) {
+        const out = buckets_out orelse return fail(.err_argument, "datago_buckets: buckets_out is NULL", .{});
+        for (table.buckets[0..@min(capacity, table.buckets.len)], 0..) |b, i| {
+            out[i] = .{ .width = @intCast(b.size.width), .height = @intCast(b.size.height), .aspect_ratio = b.key() };
+        }
+    }
+    return .ok;
+}
+
+export fn datago_fit_image(image_config_json: ?[*]const u8, config_len: usize, width: i32, height: i32, fit_out: ?*types.Fit) Status {
+    const out = fit_out orelse return fail(.err_argument, "datago_fit_image: fit_out is NULL", .{});
+    if (width <= 0 or height <= 0) return fail(.err_argument, "datago_fit_image: size {d}x{d} is not positive", .{ width, height });
+    var status: Status = .ok;
+    const image_config = parseImageConfig(image_config_json, config_len, "datago_fit_image", &status) orelse return status;
+    const w: u32 = @intCast(width);
+    const h: u32 = @intCast(height);
+    if (!image_config.crop_and_resize) {
+        out.* = .{ .width = width, .height = height, .crop_left = 0, .crop_top = 0, .crop_right = @floatFromInt(w), .crop_bottom = @floatFromInt(h), .scale = 1, .aspect_ratio = 0 };
+        return .ok;
+    }
+    var table = bucketTable(image_config, "datago_fit_image", &status) orelse return status;
+    defer table.deinit(runtime.gpa);
+    const chosen = table.choose(w, h);
+    const geometry = bucket.fit(w, h, chosen.size);
+    out.* = .{
+        .width = @intCast(chosen.size.width),
+        .height = @intCast(chosen.size.height),
+        .crop_left = geometry.box[0],
+        .crop_top = geometry.box[1],
+        .crop_right = geometry.box[2],
+        .crop_bottom = geometry.box[3],
+        .scale = geometry.scale,
+        .aspect_ratio = chosen.key(),
+    };
+    return .ok;
+}

@@ -20,7 +20,30 @@ pub const Status = enum(c_int) {
 
 pub const Encoding = enum(i32) { raw = 0, png = 1, jpeg = 2 };
 
-pub const SourceKind = enum(i32) { file = 0, webdataset = 1, dataroom = 2 };
+pub const SourceKind = enum(i32) { file = 0, webdataset = 1, dataroom = 2, memory = 3 };
+
+pub const Encoded = extern struct {
+    name: Str = .{},
+    data: ?[*]const u8 = null,
+    len: u64 = 0,
+};
+
+pub const Bucket = extern struct {
+    width: i32,
+    height: i32,
+    aspect_ratio: f64,
+};
+
+pub const Fit = extern struct {
+    width: i32,
+    height: i32,
+    crop_left: f64,
+    crop_top: f64,
+    crop_right: f64,
+    crop_bottom: f64,
+    scale: f64,
+    aspect_ratio: f64,
+};
 
 pub const Str = extern struct {
     ptr: ?[*]const u8 = null,
@@ -92,6 +115,9 @@ comptime {
     std.debug.assert(@sizeOf(Image) == 88);
     std.debug.assert(@sizeOf(NamedImage) == 104);
     std.debug.assert(@sizeOf(Latent) == 32);
+    std.debug.assert(@sizeOf(Encoded) == 32);
+    std.debug.assert(@sizeOf(Bucket) == 16);
+    std.debug.assert(@sizeOf(Fit) == 56);
     std.debug.assert(@sizeOf(Sample) == 248);
     std.debug.assert(@sizeOf(Status) == @sizeOf(c_int));
 }

@@ -124,6 +124,26 @@ pub fn parse(gpa: Allocator, text: []const u8, diag: *Diagnostics) Error!Parsed 
     return .{ .arena = arena, .config = config, .unknown_keys = parser.unknown.items };
 }
 
+/// Parses an `image_config` object on its own (for datago_transform,
+/// datago_fit and datago_buckets). `null` gives the defaults (no processing).
+pub fn parseImageConfig(gpa: Allocator, text: []const u8, diag: *Diagnostics) Error!ImageConfig {
+    var arena: std.heap.ArenaAllocator = .init(gpa);
+    defer arena.deinit();
+    const root = json.parseFromSliceLeaky(json.Value, arena.allocator(), text, .{}) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => {
+            diag.set("image_config: not valid JSON ({s})", .{@errorName(err)});
+            return error.Invalid;
+        },
+    };
+    var parser: Parser = .{ .allocator = arena.allocator(), .diag = diag };
+    return switch (root) {
+        .null => .{},
+        .object => |object| parser.imageConfig(object),
+        else => parser.fail("image_config: expected an object or null, got {s}", .{kindName(root)}),
+    };
+}
+
 const Parser = struct {
     allocator: Allocator,
     diag: *Diagnostics,
@@ -270,6 +290,16 @@ const Parser = struct {
             return p.fail("image_config.default_image_size: {d} is above the maximum {d}", .{ image.default_image_size, image_size_max });
         if (image.downsampling_ratio > image.default_image_size)
             return p.fail("image_config.downsampling_ratio: {d} is larger than default_image_size ({d}): no bucket would fit", .{ image.downsampling_ratio, image.default_image_size });
+        if (!@import("image/bucket.zig").hasBucket(.{
+            .default_image_size = image.default_image_size,
+            .downsampling_ratio = image.downsampling_ratio,
+            .min_aspect_ratio = image.min_aspect_ratio,
+            .max_aspect_ratio = image.max_aspect_ratio,
+        })) return p.fail("image_config.default_image_size: no bucket fits: {d}/{d} gives a {d}x{d}-patch grid with no aspect ratio between {d} and {d}; widen the aspect range or raise default_image_size", .{
+            image.default_image_size, image.downsampling_ratio,
+            image.default_image_size / image.downsampling_ratio, image.default_image_size / image.downsampling_ratio,
+            image.min_aspect_ratio, image.max_aspect_ratio,
+        });
         const max_ratio = 1024.0;
         if (image.max_aspect_ratio > max_ratio or image.min_aspect_ratio < 1.0 / max_ratio)
             return p.fail("image_config.max_aspect_ratio: aspect ratios must lie within 1/{d} .. {d}", .{ max_ratio, max_ratio });
@@ -417,6 +447,18 @@ test "jpeg quality is clamped like the reference's encoder" {
     , &diag);
     defer parsed.deinit();
     try testing.expectEqual(@as(u8, 1), parsed.config.image.?.jpeg_quality);
+}
+
+test "an image_config parses on its own" {
+    var diag: Diagnostics = .{};
+    const image = try parseImageConfig(testing.allocator,
+        \\{"crop_and_resize": true, "default_image_size": 64, "downsampling_ratio": 16, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2}
+    , &diag);
+    try testing.expect(image.crop_and_resize and image.default_image_size == 64);
+    try testing.expectError(error.Invalid, parseImageConfig(testing.allocator, "{\"crop_and_resize\": true}", &diag));
+    try testing.expectEqualStrings("image_config.default_image_size: Default image size must be greater than 0", diag.text());
+    const none = try parseImageConfig(testing.allocator, "null", &diag);
+    try testing.expect(!none.crop_and_resize);
 }
 
 test "parse survives every allocation failure" {

@@ -33,7 +33,7 @@ pub const Pixels = struct {
         return gpa.alignedAlloc(u8, .@"16", len);
     }
 
-    fn view(self: *const Pixels) abi.Image {
+    pub fn view(self: *const Pixels) abi.Image {
         const raw = self.encoding == .raw;
         return .{
             .data = self.data.ptr,
@@ -59,9 +59,12 @@ pub const Owned = struct {
     /// Must stay the first field: `datago_sample *` is a pointer to it.
     c: abi.Sample,
     gpa: Allocator,
-    /// Strings of the sample (id, source, attributes), one allocation.
+    /// Strings of the sample (id, source, attributes, image names), one allocation.
     strings: []u8,
     image: ?Pixels,
+    /// Masks then additional images, and the C views of them.
+    extras: []Pixels,
+    named: []abi.NamedImage,
     /// Counted in runtime.live_samples once handed to the caller.
     handed_out: bool = false,
 
@@ -74,6 +77,9 @@ pub const Owned = struct {
         const gpa = self.gpa;
         if (self.handed_out) _ = runtime.live_samples.fetchSub(1, .monotonic);
         if (self.image) |*image| image.deinit(gpa);
+        for (self.extras) |*extra| extra.deinit(gpa);
+        gpa.free(self.extras);
+        gpa.free(self.named);
         gpa.free(self.strings);
         gpa.destroy(self);
     }
@@ -87,8 +93,106 @@ pub const Owned = struct {
     }
 };
 
-const file_source_name = "filesystem";
-const empty_attributes = "{}";
+pub const Named = struct { name: []const u8, pixels: Pixels };
+
+/// The id of a sample: given as is, or a file path built from root_path and
+/// a relative path (spec §7.1.1), written straight into the strings block.
+pub const Id = union(enum) {
+    plain: []const u8,
+    path: struct { root: []const u8, relative: []const u8 },
+
+    fn len(self: Id) usize {
+        return switch (self) {
+            .plain => |p| p.len,
+            .path => |p| files.joinedLen(p.root, p.relative),
+        };
+    }
+
+    fn write(self: Id, out: []u8) void {
+        switch (self) {
+            .plain => |p| @memcpy(out, p),
+            .path => |p| files.joinInto(out, p.root, p.relative),
+        }
+    }
+};
+
+pub const Parts = struct {
+    kind: abi.SourceKind,
+    id: Id,
+    source: []const u8,
+    attributes_json: []const u8 = "{}",
+    duplicate_state: i64 = 0,
+    image: ?Pixels,
+    masks: []const Named = &.{},
+    additional: []const Named = &.{},
+    index: u64 = 0,
+    epoch: u64 = 0,
+};
+
+/// Builds a sample. Takes ownership of every `Pixels` in `parts`, also on
+/// failure.
+pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
+    var main = parts.image;
+    const extra_count = parts.masks.len + parts.additional.len;
+    errdefer {
+        if (main) |*m| m.deinit(gpa);
+        for (parts.masks) |n| @constCast(&n.pixels).deinit(gpa);
+        for (parts.additional) |n| @constCast(&n.pixels).deinit(gpa);
+    }
+    var names_len: usize = 0;
+    for (parts.masks) |n| names_len += n.name.len;
+    for (parts.additional) |n| names_len += n.name.len;
+    const id_len = parts.id.len();
+    const strings = try gpa.alloc(u8, id_len + parts.source.len + parts.attributes_json.len + names_len);
+    errdefer gpa.free(strings);
+    const extras = try gpa.alloc(Pixels, extra_count);
+    errdefer gpa.free(extras);
+    const named = try gpa.alloc(abi.NamedImage, extra_count);
+    errdefer gpa.free(named);
+    const owned = try gpa.create(Owned);
+
+    var cursor: usize = 0;
+    const id = take(strings, &cursor, id_len);
+    parts.id.write(id);
+    const source = take(strings, &cursor, parts.source.len);
+    @memcpy(source, parts.source);
+    const attributes = take(strings, &cursor, parts.attributes_json.len);
+    @memcpy(attributes, parts.attributes_json);
+    var i: usize = 0;
+    for ([_][]const Named{ parts.masks, parts.additional }) |group| {
+        for (group) |n| {
+            const name = take(strings, &cursor, n.name.len);
+            @memcpy(name, n.name);
+            extras[i] = n.pixels;
+            named[i] = .{ .name = .of(name), .image = extras[i].view() };
+            i += 1;
+        }
+    }
+    owned.* = .{ .c = .{}, .gpa = gpa, .strings = strings, .image = main, .extras = extras, .named = named };
+    main = null; // owned now
+    owned.c = .{
+        .source_kind = @intFromEnum(parts.kind),
+        .id = .of(id),
+        .source = .of(source),
+        .attributes_json = .of(attributes),
+        .duplicate_state = parts.duplicate_state,
+        .index = parts.index,
+        .epoch = parts.epoch,
+        .image = if (owned.image) |*m| m.view() else .{},
+        .masks = if (parts.masks.len > 0) named.ptr else null,
+        .mask_count = parts.masks.len,
+        .additional_images = if (parts.additional.len > 0) named[parts.masks.len..].ptr else null,
+        .additional_image_count = parts.additional.len,
+    };
+    return owned;
+}
+
+fn take(strings: []u8, cursor: *usize, len: usize) []u8 {
+    defer cursor.* += len;
+    return strings[cursor.*..][0..len];
+}
+
+const files = @import("sources/files.zig");
 
 /// Builds a file-source sample. Takes ownership of `image` (also on failure).
 /// `root_path` and `relative` are joined as spec §7.1.1 builds ids.
@@ -100,28 +204,14 @@ pub fn fromFile(
     index: u64,
     epoch: u64,
 ) Allocator.Error!*Owned {
-    var pixels = image;
-    errdefer pixels.deinit(gpa);
-    const files = @import("sources/files.zig");
-    const id_len = files.joinedLen(root_path, relative);
-    const strings = try gpa.alloc(u8, id_len + file_source_name.len + empty_attributes.len);
-    errdefer gpa.free(strings);
-    files.joinInto(strings[0..id_len], root_path, relative);
-    @memcpy(strings[id_len..][0..file_source_name.len], file_source_name);
-    @memcpy(strings[id_len + file_source_name.len ..], empty_attributes);
-
-    const owned = try gpa.create(Owned);
-    owned.* = .{ .c = .{}, .gpa = gpa, .strings = strings, .image = pixels };
-    owned.c = .{
-        .source_kind = @intFromEnum(abi.SourceKind.file),
-        .id = .of(strings[0..id_len]),
-        .source = .of(strings[id_len..][0..file_source_name.len]),
-        .attributes_json = .of(strings[id_len + file_source_name.len ..]),
+    return build(gpa, .{
+        .kind = .file,
+        .id = .{ .path = .{ .root = root_path, .relative = relative } },
+        .source = "filesystem",
+        .image = image,
         .index = index,
         .epoch = epoch,
-        .image = owned.image.?.view(),
-    };
-    return owned;
+    });
 }
 
 test "a file sample owns its strings and pixels" {
@@ -146,4 +236,31 @@ test "a file sample owns its strings and pixels" {
     try std.testing.expectEqual(@as(u32, 6), s.c.image.stride_bytes);
     try std.testing.expectEqual(@as(u64, 5), s.c.index);
     try std.testing.expect(Owned.fromC(&s.c) == s);
+}
+
+test "masks and additional images are owned and viewed in order" {
+    const gpa = std.testing.allocator;
+    var buffers: [3][]align(16) u8 = undefined;
+    var pixels: [3]Pixels = undefined;
+    for (&buffers, &pixels, 0..) |*b, *p, i| {
+        b.* = try Pixels.alloc(gpa, 4);
+        @memset(b.*, @intCast(i));
+        p.* = .{ .data = b.*, .backing = b.*, .width = 2, .height = 2, .channels = 1, .bit_depth = 8, .original_width = 2, .original_height = 2, .crop = .{ 0, 0, 2, 2 } };
+    }
+    const s = try build(gpa, .{
+        .kind = .dataroom,
+        .id = .{ .plain = "id-1" },
+        .source = "src",
+        .attributes_json = "{\"a\":1}",
+        .image = pixels[0],
+        .masks = &.{.{ .name = "segmentation", .pixels = pixels[1] }},
+        .additional = &.{.{ .name = "masked_image", .pixels = pixels[2] }},
+    });
+    defer s.destroy();
+    try std.testing.expectEqualStrings("id-1", s.c.id.slice());
+    try std.testing.expectEqual(@as(u64, 1), s.c.mask_count);
+    try std.testing.expectEqualStrings("segmentation", s.c.masks.?[0].name.slice());
+    try std.testing.expectEqual(@as(u8, 1), s.c.masks.?[0].image.data.?[0]);
+    try std.testing.expectEqualStrings("masked_image", s.c.additional_images.?[0].name.slice());
+    try std.testing.expectEqual(@as(u8, 2), s.c.additional_images.?[0].image.data.?[0]);
 }

@@ -113,6 +113,25 @@ pub const Table = struct {
     }
 };
 
+/// Whether `params` give at least one bucket: with tiny sizes and a narrow
+/// aspect range both sweeps of spec §5.1 can be empty (the reference then
+/// fails on every image; config.zig refuses such a config instead).
+pub fn hasBucket(params: Params) bool {
+    if (params.downsampling_ratio == 0 or params.downsampling_ratio > params.default_image_size) return false;
+    if (!(params.min_aspect_ratio > 0 and params.min_aspect_ratio <= params.max_aspect_ratio)) return false;
+    const patches: u64 = params.default_image_size / params.downsampling_ratio;
+    const area: f64 = @floatFromInt(patches * patches);
+    var pw = @ceil(@sqrt(area * params.min_aspect_ratio));
+    while (pw <= @floor(@sqrt(area * params.max_aspect_ratio))) : (pw += 1) {
+        if (pw >= 1 and @floor(area / pw) >= 1) return true;
+    }
+    var ph = @ceil(@sqrt(area / params.max_aspect_ratio));
+    while (ph <= @floor(@sqrt(area / params.min_aspect_ratio))) : (ph += 1) {
+        if (ph >= 1 and @floor(area / ph) >= 1) return true;
+    }
+    return false;
+}
+
 /// `x` formatted as "%.3f" and read back as an integer count of thousandths:
 /// the exact binary value of `x` rounded to the nearest thousandth, ties to
 /// even, as C and Rust formatting do. Exact integer arithmetic, no
@@ -243,6 +262,11 @@ test "other verified configs" {
     defer t1.deinit(testing.allocator);
     try testing.expectEqual(@as(usize, 1), t1.buckets.len);
     try testing.expectEqual(Size{ .width = 64, .height = 64 }, t1.buckets[0].size);
+}
+
+test "a narrow aspect range on a one-patch table has no bucket" {
+    try testing.expect(!hasBucket(.{ .default_image_size = 16, .downsampling_ratio = 16, .min_aspect_ratio = 0.5, .max_aspect_ratio = 0.6 }));
+    try testing.expect(hasBucket(.{ .default_image_size = 16, .downsampling_ratio = 16, .min_aspect_ratio = 0.5, .max_aspect_ratio = 2 }));
 }
 
 test "keyMilli rounds the exact binary value half to even" {
