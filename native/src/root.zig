@@ -48,5 +48,6 @@ test {
     _ = @import("encode/png.zig");
     _ = @import("image/orient.zig");
     _ = @import("image/process.zig");
+    _ = @import("image/resize.zig");
     _ = @import("pipeline_test.zig");
 }

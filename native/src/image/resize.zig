@@ -1,19 +1,22 @@
 //! Resampling of one box of an interleaved image to a new size: Lanczos3
-//! (bit-exact with Pillow's `Image.resize(size, Image.LANCZOS, box=...)` for
-//! 8-bit L, LA, RGB, RGBA) and nearest (bit-exact with `Image.NEAREST`).
+//! (bit-exact with Pillow 13's `Image.resize(size, Image.LANCZOS, box=...)`
+//! for 8-bit L, LA, RGB, RGBA) and nearest (bit-exact with `Image.NEAREST`).
+//! Pure: no globals, no threads; the caller's allocator holds the scratch.
 //!
 //! Pillow's algorithm, which we reproduce in our own code (spec §5.2): per
 //! axis a table of Lanczos3 weights in f64, normalised to sum 1; for 8-bit
-//! samples the weights become fixed point with 22 fractional bits; a
-//! horizontal pass over the source rows the vertical filter needs, clipped to
-//! the sample range, then a vertical pass. Integer sums do not depend on the
-//! order of their terms, so the SIMD kernels give Pillow's exact bytes; the
-//! 16-bit kernels keep Pillow's f64 summation order per sample.
+//! samples the weights become fixed point with 22 fractional bits; two
+//! separable passes, clipped to the sample range in between, horizontal first
+//! unless Pillow 13's rule puts the vertical one first (`verticalFirst`).
+//! Integer sums do not depend on the order of their terms, so the SIMD
+//! kernels give Pillow's exact bytes; the 16-bit kernels keep Pillow's f64
+//! summation order per sample and match its I;16 path too.
 //!
-//! Memory: Pillow keeps the whole horizontally resampled band (output width x
-//! every source row under the box). We stream it through a ring of as many
-//! rows as one output row's vertical taps, so scratch is O(output width x
-//! taps + output height x taps) and never grows with the source height.
+//! Memory: Pillow keeps a whole intermediate image (output width x every
+//! source row under the box, or source width x output height). We stream one
+//! output row at a time through a ring of as many rows as one output row's
+//! vertical taps, so scratch is the weight tables (outputs x taps) plus the
+//! ring plus one row, and never grows with the source height.
 const std = @import("std");
 const builtin = @import("builtin");
 const assert = std.debug.assert;
@@ -754,10 +757,11 @@ fn unpremultiply(comptime c: u8, row: []u8) void {
         const alpha = @shuffle(u8, pixels, undefined, alphaShuffle(c, lanes));
         const keep_zero = alpha == @as(Bytes, @splat(0));
         const keep_full = alpha == @as(Bytes, @splat(255));
-        // 255 * c < 2^24 is exact in f32, and the rounding error of the
-        // quotient (< 65025 * 2^-24) is smaller than its distance to the next
-        // integer (>= 1/255) unless it is one: truncation equals C's integer
-        // division. Kept lanes divide by 1 so that no lane is inf or NaN.
+        // 255 * c < 2^24 is exact in f32, so q = 255c / a is rounded once,
+        // by at most q * 2^-24 <= 65025 / (a * 2^24) < 1/a, less than the
+        // distance from a non-integer q to the next integer: truncation is
+        // C's integer division (the test below tries every colour and
+        // alpha). Kept lanes divide by 1 so that no lane is inf or NaN.
         const divisor: Float = @floatFromInt(@select(u8, keep_zero, @as(Bytes, @splat(1)), alpha));
         const quotient = @trunc(@as(Float, @floatFromInt(pixels)) * @as(Float, @splat(255)) / divisor);
         const colour: Bytes = @intFromFloat(@min(quotient, @as(Float, @splat(255))));
@@ -946,6 +950,25 @@ test "resize matches Pillow's I;16 Lanczos" {
     const box: Box = .{ .left = 0.25, .top = 0.5, .right = 6.5, .bottom = 5.75 };
     try resize(gpa, packedView(pixels, 7, 6, 1, 16), box, 4, 9, .lanczos3, .premultiply, std.mem.sliceAsBytes(&out));
     try testing.expectEqualSlices(u16, &expected, &out);
+}
+
+test "premultiply and unpremultiply equal Pillow's integer formulas for every colour and alpha" {
+    // 16 lanes per SIMD step: 4 RGBA pixels, then a scalar tail of 3 pixels.
+    var source: [7 * 4]u8 = undefined;
+    var premultiplied: [7 * 4]u8 = undefined;
+    for (0..256) |alpha| for (0..256 / 7 + 1) |block| {
+        for (0..7) |p| source[p * 4 ..][0..4].* = .{ @truncate(block * 7 + p), @truncate(block * 7 + p + 1), 255, @intCast(alpha) };
+        premultiplyRow(4, &source, &premultiplied);
+        var restored = source;
+        unpremultiplyRow(4, &restored);
+        for (0..7) |p| for (0..3) |ch| {
+            const colour: u32 = source[p * 4 + ch];
+            const t = colour * alpha + 128;
+            try testing.expectEqual(((t >> 8) + t) >> 8, premultiplied[p * 4 + ch]);
+            const expected = if (alpha == 0 or alpha == 255) colour else @min(255 * colour / alpha, 255);
+            try testing.expectEqual(expected, restored[p * 4 + ch]);
+        };
+    };
 }
 
 test "fully transparent pixels come out as zeros (spec 5.2)" {
