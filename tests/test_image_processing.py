@@ -204,7 +204,9 @@ def test_bucketed_pixels_match_the_pillow_model(tmp_path: Path, config: dict) ->
         expected = expected[:, :, None] if expected.ndim == 2 else expected
         got = sample.image.to_numpy_array().astype(np.int16)
         diff = np.abs(got - expected)
-        assert diff.mean() <= 1.0 and diff.max() <= 8, (name, diff.mean(), diff.max())
+        # The bound is mean <= 1, max <= 8; the kernel reproduces
+        # Pillow's fixed-point Lanczos exactly, so hold it to that.
+        assert diff.max() == 0, (name, diff.mean(), diff.max())
 
 
 def test_16bit_stays_16bit_through_the_bucket(tmp_path: Path) -> None:
