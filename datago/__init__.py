@@ -9,13 +9,14 @@ zero-copy NumPy views.
 
 from __future__ import annotations
 
+from . import logs as logs
 from ._native import ffi as _ffi
 from ._native import lib as _lib
 from .client import DatagoClient, live_cleanup_threads, live_samples
 from .errors import ConfigError, DatagoError, SourceError
 from .imaging import Bucket, Fit, buckets, fit, transform
 from .logs import initialize_logging
-from .types import ImagePayload, LatentPayload, RawImagePayload, Sample
+from .types import Batch, ImagePayload, LatentPayload, RawImagePayload, Sample
 
 __version__: str = _ffi.string(_lib.datago_version()).decode()
 
@@ -26,6 +27,8 @@ __all__ = [
     "live_cleanup_threads",
     "live_samples",
     "Sample",
+    "Batch",
+    "DatagoIterDataset",
     "RawImagePayload",
     "LatentPayload",
     "buckets",
@@ -37,3 +40,15 @@ __all__ = [
     "ConfigError",
     "SourceError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # torch stays optional: the dataset module (which imports it) loads on
+    # first use of DatagoIterDataset.
+    if name == "DatagoIterDataset":
+        try:
+            from .dataset import DatagoIterDataset
+        except ImportError as error:
+            raise ImportError(f"datago.DatagoIterDataset needs PyTorch ({error}); pip install torch") from error
+        return DatagoIterDataset
+    raise AttributeError(f"module 'datago' has no attribute {name!r}")

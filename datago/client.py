@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import _native
+from . import _native, logs
 from ._native import ffi, lib
 from .errors import DatagoError
-from .types import Sample
+from .types import Batch, Sample
 
 _logger = logging.getLogger("datago")
 
@@ -38,6 +38,7 @@ class DatagoClient:
     def __init__(self, str_config: str) -> None:
         if not isinstance(str_config, str):
             raise TypeError(f"argument 'str_config': '{type(str_config).__name__}' object cannot be cast as 'str'")
+        logs.ensure_forwarding()
         encoded = str_config.encode("utf-8")
         out = ffi.new("datago_loader **")
         _native.check(lib.datago_loader_open(encoded, len(encoded), out))
@@ -45,7 +46,9 @@ class DatagoClient:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._closed = False
-        self._timeout_s = _timeout_from(str_config)
+        settings = _settings_from(str_config)
+        self._timeout_s = float(settings.get("timeout_s", 300.0))
+        self._batching = settings.get("batch_size") is not None
         #: Why the last pass ended early: None, "stopped" or "timeout".
         self.last_stop_reason: str | None = None
 
@@ -58,6 +61,34 @@ class DatagoClient:
         self.last_stop_reason = None
         _native.check(lib.datago_loader_start(handle))
 
+    def get_batch(self) -> Batch | None:
+        """The next batch of samples of one shape (clients opened with
+        ``batch_size``), or ``None`` at the end of the pass. Same waiting
+        rules as ``get_sample()``."""
+        handle = self._live_handle()
+        out = ffi.new("datago_batch **")
+        status = self._wait(lambda: lib.datago_loader_next_batch(handle, POLL_MS, out))
+        if status == _native.OK:
+            return Batch(ffi.gc(out[0], lib.datago_batch_free))
+        return None
+
+    def _wait(self, call: Any) -> int:
+        """Polls a native wait in POLL_MS slices until it is not TIMEOUT or
+        timeout_s passed (then stops the client, as the reference does)."""
+        status = call()
+        if status == _native.TIMEOUT:
+            deadline = time.monotonic() + self._timeout_s
+            while status == _native.TIMEOUT:
+                if time.monotonic() >= deadline:
+                    _logger.warning("datago: no sample arrived within %.0f s; stopping the client", self._timeout_s)
+                    self.stop()
+                    self.last_stop_reason = "timeout"
+                    return _native.END
+                status = call()
+        if status < 0:
+            raise _native.error_for(status)
+        return status
+
     def get_sample(self) -> Sample | None:
         """The next sample, or ``None`` at the end of the pass, after
         ``stop()``, or when nothing arrived within ``timeout_s`` (300 s by
@@ -65,23 +96,17 @@ class DatagoClient:
         Raises ``SourceError`` if the pass failed as a whole. Waits with the
         GIL released, in slices of 100 ms, so Ctrl-C works."""
         handle = self._live_handle()
+        if self._batching:
+            raise DatagoError("this client makes batches (batch_size is set): use get_batch() or iterate over it")
         out = ffi.new("datago_sample **")
         status = lib.datago_loader_next(handle, POLL_MS, out)
+        if status == _native.TIMEOUT:
+            status = self._wait(lambda: lib.datago_loader_next(handle, POLL_MS, out))
+        elif status < 0:
+            raise _native.error_for(status)
         if status == _native.OK:
             return Sample(ffi.gc(out[0], lib.datago_sample_free))
-        deadline = time.monotonic() + self._timeout_s
-        while status == _native.TIMEOUT:
-            if time.monotonic() >= deadline:
-                _logger.warning("datago: no sample arrived within %.0f s; stopping the client", self._timeout_s)
-                self.stop()
-                self.last_stop_reason = "timeout"
-                return None
-            status = lib.datago_loader_next(handle, POLL_MS, out)
-        if status == _native.OK:
-            return Sample(ffi.gc(out[0], lib.datago_sample_free))
-        if status == _native.END:
-            return None
-        raise _native.error_for(status)
+        return None
 
     def get_sample_auto_convert(self) -> dict[str, Any] | None:
         """Like ``get_sample()`` but a plain dict with PIL images (spec §3.4)."""
@@ -129,9 +154,11 @@ class DatagoClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[Sample]:
-        while (sample := self.get_sample()) is not None:
-            yield sample
+    def __iter__(self) -> Iterator[Sample] | Iterator[Batch]:
+        """Samples (or batches, with ``batch_size``) until the end of the pass."""
+        next_item = self.get_batch if self._batching else self.get_sample
+        while (item := next_item()) is not None:
+            yield item
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -149,13 +176,14 @@ class DatagoClient:
         return self._handle
 
 
-def _timeout_from(text: str) -> float:
-    # Validated natively at open; only read here.
+def _settings_from(text: str) -> dict[str, Any]:
+    """The top-level keys the Python side acts on; validated natively at
+    open, only read here."""
     try:
-        value = json.loads(text).get("timeout_s")
-    except (ValueError, AttributeError):
-        return 300.0
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 300.0
+        config = json.loads(text)
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def live_cleanup_threads() -> int:

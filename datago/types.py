@@ -141,6 +141,17 @@ class RawImagePayload:
             self._array = array
         return self._array
 
+    def writable_array(self) -> np.ndarray | None:
+        """Like ``to_numpy_array()`` but writable (the memory is this
+        sample's own), for consumers such as ``torch.from_numpy`` that want
+        writable buffers. Writes change the sample."""
+        if self.is_empty():
+            return None
+        if self.is_encoded or self._data is not None or self._data_address is None:
+            return np.array(self.to_numpy_array())
+        dtype = np.dtype("<u2") if self.bit_depth == 16 else np.uint8
+        return np.frombuffer(self._buffer(), dtype=dtype).reshape(self.height, self.width, self.channels)
+
     def to_pil_image(self) -> Any:
         """A PIL image: mode L, LA, RGB or RGBA for 8-bit payloads; ``I;16``
         for 16-bit gray; other 16-bit payloads become 8-bit (value / 257,
@@ -271,9 +282,11 @@ class Sample:
         "__weakref__",
     )
 
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: Any, c: Any = None) -> None:
+        # `owner` keeps the native memory alive (the sample itself, or the
+        # batch it belongs to); `c` is the datago_sample to read.
         self._owner = owner
-        self._c = owner
+        self._c = owner if c is None else c
         self._id = self._path = self._source = self._attributes = None
         self._duplicate_state = self._image = self._masks = self._additional_images = None
         self._latents = self._coca_embedding = self._tags = None
@@ -443,3 +456,56 @@ class Sample:
 
     def __repr__(self) -> str:
         return f"<datago.Sample id={self.id} image={self.image!r}>"
+
+
+class Batch:
+    """Samples of one shape (``batch_size``): ``images`` is a read-only,
+    zero-copy ``[B, H, W, C]`` array (``uint8``, or ``uint16`` for 16-bit)
+    over one native block; ``samples`` are the batch's samples, in order.
+    Freed when the batch, its samples and every view of ``images`` are gone."""
+
+    __slots__ = ("_owner", "_images", "samples", "epoch", "__weakref__")
+
+    def __init__(self, owner: Any) -> None:
+        self._owner = owner
+        self._images = None
+        self.epoch = int(owner.epoch)
+        self.samples = [Sample(owner, owner.samples[i]) for i in range(owner.count)]
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            c = self._owner
+            dtype = np.dtype("<u2") if c.bit_depth == 16 else np.uint8
+            array = np.frombuffer(_pin(c, c.images, c.images_len), dtype=dtype)
+            array = array.reshape(c.count, c.height, c.width, c.channels)
+            array.flags.writeable = False
+            self._images = array
+        return self._images
+
+    def to_torch(self) -> Any:
+        """``images`` as a ``torch.Tensor`` sharing the native memory
+        (writable: the block is this batch's own)."""
+        import torch
+
+        c = self._owner
+        dtype = np.dtype("<u2") if c.bit_depth == 16 else np.uint8
+        array = np.frombuffer(_pin(c, c.images, c.images_len), dtype=dtype)
+        return torch.from_numpy(array.reshape(c.count, c.height, c.width, c.channels))
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle 'Batch' object: it views native memory; copy `images` first")
+
+    def __repr__(self) -> str:
+        c = self._owner
+        return f"<datago.Batch {c.count} x {c.height}x{c.width}x{c.channels} {c.bit_depth}-bit>"

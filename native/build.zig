@@ -16,6 +16,10 @@ pub fn build(b: *std.Build) void {
     });
     codecs.addTo(b, mod, codec_options);
     mod.addIncludePath(b.path("include"));
+    // The public header as Zig declarations, so abi_header_test.zig can
+    // check it against abi_types.zig.
+    const header = b.addTranslateC(.{ .root_source_file = b.path("include/datago.h"), .target = target, .optimize = optimize });
+    mod.addImport("datago_h", header.createModule());
 
     const lib = b.addLibrary(.{ .name = "datago", .linkage = .dynamic, .root_module = mod });
     lib.installHeader(b.path("include/datago.h"), "datago.h");

@@ -124,12 +124,14 @@ def test_reference_configs_keep_working(tmp_path) -> None:
             assert client.get_sample() is None
 
 
-def test_unknown_keys_log_one_warning(tmp_path, capfd) -> None:
+def test_unknown_keys_log_one_warning(tmp_path, caplog) -> None:
     config = cfg(source_config={"root_path": str(tmp_path), "max_concurrency": 4}, prefetch_buffer_size=16, shiny=True)
     datago.DatagoClient(config).close()
-    err = capfd.readouterr().err
-    warnings = [line for line in err.splitlines() if "unknown configuration keys" in line]
-    assert len(warnings) == 1, err
+    datago.logs.flush()
+    warnings = [r for r in caplog.records if "unknown configuration keys" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert warnings[0].name == "datago.loader" and warnings[0].levelname == "WARNING"
+    warnings = [warnings[0].getMessage()]
     assert "shiny" in warnings[0] and "source_config.max_concurrency" in warnings[0]
     assert "prefetch_buffer_size" not in warnings[0]
 

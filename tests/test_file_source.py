@@ -124,7 +124,7 @@ def test_limit_does_not_count_failures_and_sees_the_whole_tree(image_dir) -> Non
         assert len(drain(client)) == 10
 
 
-def test_bad_files_are_skipped_logged_and_good_ones_arrive(image_dir, capfd) -> None:
+def test_bad_files_are_skipped_logged_and_good_ones_arrive(image_dir, caplog) -> None:
     root = image_dir(6)
     (root / "zero.png").write_bytes(b"")
     (root / "text.jpg").write_text("this is not an image")
@@ -139,9 +139,10 @@ def test_bad_files_are_skipped_logged_and_good_ones_arrive(image_dir, capfd) -> 
     names = {os.path.basename(s.path) for s in samples}
     assert {f"img{i:04d}.png" for i in range(6)} | {"img.jpg"} <= names
     assert not names & {"zero.png", "text.jpg", "truncated.png", "truncated_header.jpg"}
-    err = capfd.readouterr().err
+    datago.logs.flush()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name == "datago.files"]
     for bad in ("zero.png", "text.jpg", "truncated.png", "truncated_header.jpg"):
-        assert f"Failed to load image from path {root}/{bad}" in err, err
+        assert any(m.startswith(f"Failed to load image from path {root}/{bad}: ") for m in errors), errors
 
 
 def test_non_utf8_file_names_are_delivered(tmp_path: Path) -> None:
@@ -186,10 +187,11 @@ def test_root_that_is_a_file_is_the_only_sample(image_dir) -> None:
     assert [s.path for s in samples] == [str(single)]
 
 
-def test_empty_folder_is_an_empty_stream_with_a_warning(tmp_path: Path, capfd) -> None:
+def test_empty_folder_is_an_empty_stream_with_a_warning(tmp_path: Path, caplog) -> None:
     with datago.DatagoClient(file_config(tmp_path)) as client:
         assert client.get_sample() is None
-    assert "no image files" in capfd.readouterr().err
+    datago.logs.flush()
+    assert any("no image files" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
 def test_all_errors_raise_source_error_naming_the_cause(tmp_path: Path) -> None:
@@ -215,13 +217,14 @@ def test_max_error_fraction(image_dir) -> None:
         assert len(drain(client)) == 40
 
 
-def test_max_pixels_refuses_large_headers(image_dir, capfd) -> None:
+def test_max_pixels_refuses_large_headers(image_dir, caplog) -> None:
     root = image_dir(2, size=(40, 30))
     noise_image(8, 8, "RGB", 0).save(root / "small.png")
     with datago.DatagoClient(file_config(root, max_pixels=100)) as client:
         samples = drain(client)
     assert [os.path.basename(s.path) for s in samples] == ["small.png"]
-    assert "more than max_pixels (100)" in capfd.readouterr().err
+    datago.logs.flush()
+    assert any("more than max_pixels (100)" in r.getMessage() for r in caplog.records)
 
 
 def test_png_pixels_match_pillow_exactly(tmp_path: Path) -> None:

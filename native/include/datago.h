@@ -159,6 +159,26 @@ typedef struct datago_sample {
     uint64_t coca_embedding_len;
 } datago_sample;
 
+/* A batch of samples of one shape (batch_size): their images stacked in one
+ * block, ready to view as [count, height, width, channels]. Owned by the
+ * caller from a successful datago_loader_next_batch until datago_batch_free;
+ * every pointer in it is borrowed from it. */
+typedef struct datago_batch {
+    uint32_t size;                          /* sizeof(datago_batch) as built */
+    uint32_t count;                         /* samples in the batch (< batch_size only for
+                                               the partial batches at the end of a pass) */
+    int32_t width;                          /* shape shared by every image of the batch */
+    int32_t height;
+    int32_t channels;
+    int32_t bit_depth;                      /* 8, or 16 (little-endian uint16 samples) */
+    const uint8_t *images;                  /* count * height * width * channels samples */
+    uint64_t images_len;                    /* bytes at images */
+    datago_sample *const *samples;          /* count samples, owned by the batch: each one's
+                                               image.data points into images; do not pass
+                                               them to datago_sample_free (it ignores them) */
+    uint64_t epoch;
+} datago_batch;
+
 /* ---- Versions -------------------------------------------------------------- */
 
 /* DATAGO_ABI_VERSION of the library. Thread-safe. Never fails. */
@@ -207,6 +227,17 @@ datago_status datago_loader_start(datago_loader *loader);
  * to exactly one caller. */
 datago_status datago_loader_next(datago_loader *loader, int64_t timeout_ms,
                                  datago_sample **sample_out /* OUT: caller owns */);
+
+/* METHOD. The batch counterpart of datago_loader_next, for loaders opened
+ * with "batch_size": samples are taken in the order of docs/design.md and
+ * grouped by shape (one bucket with crop_and_resize); a group becomes a batch
+ * when it holds batch_size samples; at the end of the pass the partial
+ * groups follow in order, or are dropped (and counted) with "drop_last".
+ * Every sample is in exactly one batch. Same statuses as datago_loader_next;
+ * DATAGO_ERR_MISUSE on a loader without batch_size (and datago_loader_next
+ * is DATAGO_ERR_MISUSE on one with it). */
+datago_status datago_loader_next_batch(datago_loader *loader, int64_t timeout_ms,
+                                       datago_batch **batch_out /* OUT: caller owns */);
 
 /* METHOD. Ends the running pass: queued work is cancelled and every waiting
  * next returns DATAGO_END promptly. Returns without waiting for decodes in
@@ -302,6 +333,10 @@ datago_status datago_buckets(const char *image_config_json, size_t config_len,
 datago_status datago_fit_image(const char *image_config_json, size_t config_len,
                                int32_t width, int32_t height, datago_fit *fit_out);
 
+/* DESTRUCTOR. Frees a batch and its samples. NULL is a no-op. Any thread,
+ * also after its loader was closed. */
+void datago_batch_free(datago_batch *batch);
+
 /* ---- Counters (for leak tests and shutdown checks) ------------------------ */
 
 /* Samples handed out and not yet freed, library-wide. Thread-safe. */
@@ -321,6 +356,20 @@ int64_t datago_live_cleanup_threads(void);
  * it was installed before. Returns DATAGO_OK or DATAGO_ERR_ARGUMENT (unknown
  * level: nothing is installed). Thread-safe. */
 datago_status datago_log_init(const char *level, int32_t *installed_out);
+
+/* Sends log lines to an in-memory queue instead of stderr (enabled != 0), so
+ * a host can forward them (the Python package hands them to its logging,
+ * logger "datago"). Native threads never wait for the host: when the queue
+ * (1024 lines) is full the oldest line is dropped and counted. */
+void datago_log_capture(int32_t enabled);
+
+/* Waits up to timeout_ms (< 0: without limit) for captured lines and copies
+ * whole lines into buffer while they fit, each "<level>\t<module>\t<message>\n"
+ * with level 1 error, 2 warn, 3 info, 4 debug, 5 trace. *length_out gets the
+ * bytes written (0 on timeout), *dropped_out (may be NULL) the lines lost
+ * since the last call. Returns DATAGO_OK or DATAGO_ERR_ARGUMENT. */
+datago_status datago_log_read(int64_t timeout_ms, char *buffer, size_t capacity, size_t *length_out,
+                              uint64_t *dropped_out);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,7 @@ const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 const log = @import("log.zig");
 const stats = @import("stats.zig");
+const batcher = @import("batcher.zig");
 
 const Status = types.Status;
 const Loader = loader_mod.Loader;
@@ -86,6 +87,7 @@ export fn datago_loader_next(loader: ?*Loader, timeout_ms: i64, sample_out: ?*?*
     out.* = null;
     var status: Status = .ok;
     const l = checkLoader(loader, "datago_loader_next", &status) orelse return status;
+    if (l.config().batch_size != null) return fail(.err_misuse, "datago_loader_next: this loader makes batches (batch_size); use datago_loader_next_batch", .{});
     var message: [1024]u8 = undefined;
     const result = l.next(timeout_ms, &message) catch |err| return switch (err) {
         error.OutOfMemory => fail(.err_no_memory, "datago_loader_next: out of memory", .{}),
@@ -137,8 +139,37 @@ export fn datago_loader_close(loader: ?*Loader) void {
 }
 
 export fn datago_sample_free(sample: ?*types.Sample) void {
-    const s = sample orelse return;
-    sample_mod.Owned.fromC(s).destroy();
+    const s = sample_mod.Owned.fromC(sample orelse return);
+    // A sample of a batch lives and dies with its batch.
+    if (s.in_batch) return;
+    s.destroy();
+}
+
+export fn datago_loader_next_batch(loader: ?*Loader, timeout_ms: i64, batch_out: ?*?*types.Batch) Status {
+    const out = batch_out orelse return fail(.err_argument, "datago_loader_next_batch: batch_out is NULL", .{});
+    out.* = null;
+    var status: Status = .ok;
+    const l = checkLoader(loader, "datago_loader_next_batch", &status) orelse return status;
+    if (l.config().batch_size == null) return fail(.err_misuse, "datago_loader_next_batch: this loader has no batch_size; use datago_loader_next", .{});
+    var message: [1024]u8 = undefined;
+    const result = l.nextBatch(timeout_ms, &message) catch |err| return switch (err) {
+        error.OutOfMemory => fail(.err_no_memory, "datago_loader_next_batch: out of memory", .{}),
+        error.ThreadSpawnFailed => fail(.err_no_memory, "datago_loader_next_batch: could not start any worker thread", .{}),
+    };
+    switch (result) {
+        .batch => |b| {
+            out.* = b.handOut();
+            return .ok;
+        },
+        .end => return .end,
+        .timeout => return .timeout,
+        .source_error => |text| return fail(.err_source, "{s}", .{text}),
+        .internal_error => return fail(.err_internal, "a datago worker thread hit an internal safety check (a bug in libdatago; its message is on stderr); this pass is lost", .{}),
+    }
+}
+
+export fn datago_batch_free(batch: ?*types.Batch) void {
+    batcher.Batch.fromC(batch orelse return).destroy();
 }
 
 export fn datago_live_samples() i64 {
@@ -282,5 +313,18 @@ export fn datago_fit_image(image_config_json: ?[*]const u8, config_len: usize, w
         .scale = geometry.scale,
         .aspect_ratio = chosen.key(),
     };
+    return .ok;
+}
+
+export fn datago_log_capture(enabled: i32) void {
+    log.setCapture(enabled != 0);
+}
+
+export fn datago_log_read(timeout_ms: i64, buffer: ?[*]u8, capacity: usize, length_out: ?*usize, dropped_out: ?*u64) Status {
+    const out = buffer orelse return fail(.err_argument, "datago_log_read: buffer is NULL", .{});
+    const length = length_out orelse return fail(.err_argument, "datago_log_read: length_out is NULL", .{});
+    var dropped: u64 = 0;
+    length.* = log.readCaptured(timeout_ms, out[0..capacity], &dropped);
+    if (dropped_out) |d| d.* = dropped;
     return .ok;
 }

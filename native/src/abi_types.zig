@@ -110,7 +110,21 @@ pub const Sample = extern struct {
     coca_embedding_len: u64 = 0,
 };
 
+pub const Batch = extern struct {
+    size: u32 = @sizeOf(Batch),
+    count: u32,
+    width: i32,
+    height: i32,
+    channels: i32,
+    bit_depth: i32,
+    images: [*]const u8,
+    images_len: u64,
+    samples: [*]const *Sample,
+    epoch: u64,
+};
+
 comptime {
+    std.debug.assert(@sizeOf(Batch) == 56);
     std.debug.assert(@sizeOf(Str) == 16);
     std.debug.assert(@sizeOf(Image) == 88);
     std.debug.assert(@sizeOf(NamedImage) == 104);

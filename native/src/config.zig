@@ -62,6 +62,11 @@ pub const Config = struct {
     /// DataLoader worker split (docs/design.md): worker `worker_id` of `num_workers`.
     worker_id: u32 = 0,
     num_workers: u32 = 1,
+    /// Epoch of the first pass (then +1 per pass): a DataLoader worker is a new
+    /// client every epoch, and `set_epoch` carries the epoch to it.
+    epoch: u64 = 0,
+    /// Seconds between INFO progress lines during a pass; 0 turns them off.
+    log_interval_s: f64 = 60,
 };
 
 /// A parsed configuration and the arena that owns its strings.
@@ -193,6 +198,11 @@ const Parser = struct {
             config.batch_size = n;
         }
         config.drop_last = try p.optBool(object, "", "drop_last") orelse false;
+        config.epoch = try p.optInt(u64, object, "", "epoch") orelse 0;
+        if (try p.optNumber(object, "", "log_interval_s")) |t| {
+            if (!(t >= 0) or !std.math.isFinite(t)) return p.fail("log_interval_s: must be a non-negative number of seconds, got {d}", .{t});
+            config.log_interval_s = t;
+        }
         if (try p.optPositive(u32, object, "", "num_workers")) |n| config.num_workers = n;
         config.worker_id = try p.optInt(u32, object, "", "worker_id") orelse 0;
         if (config.worker_id >= config.num_workers) return p.fail(
@@ -205,6 +215,8 @@ const Parser = struct {
             .object => |image| config.image = try p.imageConfig(image),
             else => return p.fail("image_config: expected an object or null, got {s}", .{kindName(value)}),
         };
+        if (config.batch_size != null) if (config.image) |image| if (image.pre_encode_images)
+            return p.fail("batch_size: batches stack raw pixels; they cannot hold pre-encoded images (pre_encode_images is true)", .{});
         const source = object.get("source_config") orelse return p.fail("source_config: missing (an object describing the source)", .{});
         const source_object = switch (source) {
             .object => |o| o,
@@ -221,7 +233,7 @@ const Parser = struct {
             "source_type",          "source_config",      "image_config", "limit",
             "samples_buffer_size",  "prefetch_buffer_size", "num_threads", "timeout_s",
             "max_pixels",           "max_error_fraction", "batch_size",   "drop_last",
-            "worker_id",            "num_workers",
+            "worker_id",            "num_workers",          "epoch",        "log_interval_s",
         });
         return config;
     }

@@ -30,7 +30,13 @@ pub const Loader = struct {
         var parsed = try config_mod.parse(gpa, text, diag);
         errdefer parsed.deinit();
         const loader = try gpa.create(Loader);
-        loader.* = .{ .gpa = gpa, .io = runtime.acquireIo(), .parsed = parsed, .owner_pid = runtime.processId() };
+        loader.* = .{
+            .gpa = gpa,
+            .io = runtime.acquireIo(),
+            .parsed = parsed,
+            .owner_pid = runtime.processId(),
+            .next_epoch = parsed.config.epoch,
+        };
         if (parsed.unknown_keys.len > 0) {
             var buffer: [512]u8 = undefined;
             var w: Io.Writer = .fixed(&buffer);
@@ -80,31 +86,54 @@ pub const Loader = struct {
     /// Waits for the next sample of the current pass, starting the first pass
     /// of a never-started loader. Threadsafe.
     pub fn next(loader: *Loader, timeout_ms: i64, message_buffer: []u8) error{ OutOfMemory, ThreadSpawnFailed }!NextResult {
-        loader.mutex.lockUncancelable(loader.io);
-        if (loader.state == .new) loader.startLocked() catch |err| {
-            loader.mutex.unlock(loader.io);
-            return err;
-        };
-        const pass = loader.pass orelse {
-            loader.mutex.unlock(loader.io);
-            return .end;
-        };
-        pass.ref();
-        loader.mutex.unlock(loader.io);
+        const pass = try loader.currentPass() orelse return .end;
         defer pass.unref();
-
         return switch (pass.next(timeout_ms)) {
             .sample => |s| .{ .sample = s },
             .timeout => .timeout,
             .end => .end,
             .internal_error => .internal_error,
-            .source_error => blk: {
-                const message = pass.failureMessage();
-                const n = @min(message.len, message_buffer.len);
-                @memcpy(message_buffer[0..n], message[0..n]);
-                break :blk .{ .source_error = message_buffer[0..n] };
-            },
+            .source_error => .{ .source_error = copyMessage(pass, message_buffer) },
         };
+    }
+
+    pub const BatchResult = union(enum) {
+        batch: *@import("batcher.zig").Batch,
+        end,
+        timeout,
+        source_error: []const u8,
+        internal_error,
+    };
+
+    /// Waits for the next batch of the current pass (batch_size set).
+    pub fn nextBatch(loader: *Loader, timeout_ms: i64, message_buffer: []u8) error{ OutOfMemory, ThreadSpawnFailed }!BatchResult {
+        const pass = try loader.currentPass() orelse return .end;
+        defer pass.unref();
+        return switch (try pass.nextBatch(timeout_ms)) {
+            .batch => |b| .{ .batch = b },
+            .timeout => .timeout,
+            .end => .end,
+            .internal_error => .internal_error,
+            .source_error => .{ .source_error = copyMessage(pass, message_buffer) },
+        };
+    }
+
+    /// The pass `next` reads from, with a reference the caller drops;
+    /// starts the first pass of a never-started loader.
+    fn currentPass(loader: *Loader) error{ OutOfMemory, ThreadSpawnFailed }!?*pipeline.Pass {
+        loader.mutex.lockUncancelable(loader.io);
+        defer loader.mutex.unlock(loader.io);
+        if (loader.state == .new) try loader.startLocked();
+        const pass = loader.pass orelse return null;
+        pass.ref();
+        return pass;
+    }
+
+    fn copyMessage(pass: *pipeline.Pass, buffer: []u8) []const u8 {
+        const message = pass.failureMessage();
+        const n = @min(message.len, buffer.len);
+        @memcpy(buffer[0..n], message[0..n]);
+        return buffer[0..n];
     }
 
     /// Ends the running pass; waiting `next` calls return `end`. Idempotent.

@@ -44,6 +44,103 @@ var installed: std.atomic.Value(bool) = .init(false);
 var max_level: std.atomic.Value(u8) = .init(@intFromEnum(Level.warn));
 var write_mutex: std.Io.Mutex = .init;
 
+/// Captured lines wait here for the host (Python forwards them to its
+/// `logging`), so native threads never block on the host: when the host
+/// does not keep up, the oldest lines are dropped and counted.
+const Captured = struct {
+    level: Level,
+    scope: Scope,
+    len: u16,
+    text: [capture_line_bytes]u8,
+};
+const capture_line_bytes = 512;
+const capture_lines_max = 1024;
+var capture_enabled: std.atomic.Value(bool) = .init(false);
+var capture_ring: [capture_lines_max]Captured = undefined;
+var capture_head: usize = 0;
+var capture_len: usize = 0;
+var capture_dropped: u64 = 0;
+var capture_cond: std.Io.Condition = .init;
+
+fn boot() std.Io {
+    return std.Io.Threaded.global_single_threaded.io();
+}
+
+/// A thread that held `write_mutex` at fork() does not exist in the child:
+/// reset the lock there (the child's queue starts empty).
+fn resetInChild() callconv(.c) void {
+    write_mutex = .init;
+    capture_cond = .init;
+    capture_head = 0;
+    capture_len = 0;
+    capture_dropped = 0;
+}
+
+var fork_handler_installed: std.atomic.Value(bool) = .init(false);
+
+fn installForkHandler() void {
+    if (fork_handler_installed.swap(true, .acq_rel)) return;
+    _ = std.c.pthread_atfork(null, null, resetInChild);
+}
+
+/// Sends lines to the capture queue (true) or to stderr (false).
+pub fn setCapture(on: bool) void {
+    installForkHandler();
+    capture_enabled.store(on, .release);
+}
+
+/// Waits up to `timeout_ms` (< 0: no limit) for captured lines and writes
+/// whole lines "<level digit>\t<scope>\t<message>\n" into `out` while they
+/// fit. Returns the bytes written; `dropped` receives (and resets) the count
+/// of lines lost to a full queue.
+pub fn readCaptured(timeout_ms: i64, out: []u8, dropped: *u64) usize {
+    const io = boot();
+    write_mutex.lockUncancelable(io);
+    defer write_mutex.unlock(io);
+    if (capture_len == 0 and timeout_ms != 0) {
+        const deadline: std.Io.Timeout = if (timeout_ms < 0) .none else std.Io.Timeout.toDeadline(.{ .duration = .{
+            .raw = .fromMilliseconds(timeout_ms),
+            .clock = .awake,
+        } }, io);
+        while (capture_len == 0) capture_cond.waitTimeout(io, &write_mutex, deadline) catch break;
+    }
+    var written: usize = 0;
+    while (capture_len > 0) {
+        const line = &capture_ring[capture_head];
+        const scope = @tagName(line.scope);
+        const need = 2 + scope.len + 1 + line.len + 1;
+        if (written + need > out.len) break;
+        var w: std.Io.Writer = .fixed(out[written..]);
+        w.print("{d}\t{s}\t{s}\n", .{ @intFromEnum(line.level), scope, line.text[0..line.len] }) catch break;
+        written += need;
+        capture_head = (capture_head + 1) % capture_lines_max;
+        capture_len -= 1;
+    }
+    dropped.* = capture_dropped;
+    capture_dropped = 0;
+    return written;
+}
+
+fn capture(level: Level, scope: Scope, message: []const u8) void {
+    const io = boot();
+    write_mutex.lockUncancelable(io);
+    defer write_mutex.unlock(io);
+    if (capture_len == capture_lines_max) {
+        capture_head = (capture_head + 1) % capture_lines_max;
+        capture_len -= 1;
+        capture_dropped += 1;
+    }
+    const slot = &capture_ring[(capture_head + capture_len) % capture_lines_max];
+    const n = @min(message.len, capture_line_bytes);
+    slot.level = level;
+    slot.scope = scope;
+    slot.len = @intCast(n);
+    // Newlines would split the line on the host side.
+    for (slot.text[0..n], message[0..n]) |*d, c| d.* = if (c == '\n') ' ' else c;
+    capture_len += 1;
+    capture_cond.signal(io);
+}
+
 pub const InstallError = error{UnknownLevel};
 
 /// Installs the logger once per process. Returns true if this call installed
@@ -95,11 +192,18 @@ pub fn enabled(level: Level) bool {
     return @intFromEnum(level) <= max_level.load(.acquire) and level != .off;
 }
 
-/// Formats and writes one line to stderr. Lines from several threads never
-/// interleave. Never fails: a line that cannot be written is dropped.
+/// Formats one line and writes it to stderr, or to the capture queue when
+/// the host asked for it. Lines from several threads never interleave.
+/// Never fails: a line that cannot be written is dropped.
 pub fn write(level: Level, scope: Scope, comptime fmt: []const u8, args: anytype) void {
     if (!enabled(level)) return;
     var buffer: [2048]u8 = undefined;
+    if (capture_enabled.load(.acquire)) {
+        var w: std.Io.Writer = .fixed(&buffer);
+        w.print(fmt, args) catch {};
+        capture(level, scope, w.buffered());
+        return;
+    }
     var w: std.Io.Writer = .fixed(&buffer);
     var ts: std.c.timespec = undefined;
     _ = std.c.clock_gettime(.REALTIME, &ts);
@@ -112,7 +216,7 @@ pub fn write(level: Level, scope: Scope, comptime fmt: []const u8, args: anytype
         w.writeAll(marker) catch {};
     };
     w.writeByte('\n') catch {};
-    const io = std.Io.Threaded.global_single_threaded.io();
+    const io = boot();
     write_mutex.lockUncancelable(io);
     defer write_mutex.unlock(io);
     const line = w.buffered();
@@ -185,6 +289,27 @@ test "timestamps are ISO 8601 in UTC" {
     var w: std.Io.Writer = .fixed(&buffer);
     try writeTimestamp(&w, 1_796_044_410);
     try testing.expectEqualStrings("[2026-11-30T13:13:30Z", w.buffered());
+}
+
+test "captured lines queue, drop the oldest when full, and read back whole" {
+    setCapture(true);
+    defer setCapture(false);
+    const saved = max_level.swap(@intFromEnum(Level.info), .acq_rel);
+    defer max_level.store(saved, .release);
+    for (0..capture_lines_max + 3) |i| write(.info, .files, "line {d}\nsplit", .{i});
+    var out: [50]u8 = undefined; // room for two 21-byte lines
+    var dropped: u64 = 0;
+    const n = readCaptured(0, &out, &dropped);
+    try testing.expectEqual(@as(u64, 3), dropped);
+    try testing.expectEqualStrings("3\tfiles\tline 3 split\n3\tfiles\tline 4 split\n", out[0..n]);
+    var big: [1 << 16]u8 = undefined;
+    var total: usize = 2;
+    while (true) {
+        const m = readCaptured(0, &big, &dropped);
+        if (m == 0) break;
+        total += std.mem.count(u8, big[0..m], "\n");
+    }
+    try testing.expectEqual(@as(usize, capture_lines_max), total);
 }
 
 test "paths are escaped" {

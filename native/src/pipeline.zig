@@ -25,6 +25,7 @@ const config_mod = @import("config.zig");
 const decoder = @import("decode/decoder.zig");
 const files = @import("sources/files.zig");
 const image_process = @import("image/process.zig");
+const batcher_mod = @import("batcher.zig");
 const log = @import("log.zig");
 const order = @import("order.zig");
 const runtime = @import("runtime.zig");
@@ -76,6 +77,10 @@ pub const Pass = struct {
     limit: ?u64,
     /// The image configuration with its bucket table, built once per pass.
     transform: image_process.Transform,
+    /// Groups delivered samples into batches (batch_size); guarded by
+    /// `batch_mutex`, taken before `mutex`.
+    batcher: ?batcher_mod.Batcher,
+    batch_mutex: Io.Mutex = .init,
 
     refs: std.atomic.Value(u32),
     /// Polled by the listing, set by stop and by the end of the pass.
@@ -112,6 +117,8 @@ pub const Pass = struct {
     threads_alive: u32 = 0,
     cleanup_counted: bool = false,
     started_ns: u64 = 0,
+    /// Where the last progress line left off.
+    report: struct { at_ns: u64 = 0, delivered: u64 = 0, bytes: u64 = 0 } = .{},
     /// Per-file errors logged so far (rate limit only; counts live in `counters`).
     logged_failures: std.atomic.Value(u64) = .init(0),
 
@@ -138,9 +145,11 @@ pub const Pass = struct {
             .thread_count = threadCount(config, limit),
             .limit = limit,
             .transform = transform,
+            .batcher = if (config.batch_size) |size| .{ .gpa = gpa, .batch_size = size, .drop_last = config.drop_last, .epoch = epoch } else null,
             .refs = .init(1),
             .slots = slots,
             .started_ns = runtime.monotonicNs(),
+            .report = .{ .at_ns = runtime.monotonicNs() },
         };
         _ = runtime.live_passes.fetchAdd(1, .monotonic);
         return pass;
@@ -164,6 +173,7 @@ pub const Pass = struct {
         for (&pass.examples.values) |example| if (example) |e| gpa.free(e);
         gpa.free(pass.root_path);
         pass.transform.deinit(gpa);
+        if (pass.batcher) |*b| b.deinit();
         gpa.destroy(pass);
         _ = runtime.live_passes.fetchSub(1, .release);
         runtime.releaseIo();
@@ -270,6 +280,7 @@ pub const Pass = struct {
                         pass.counters.delivered += 1;
                         pass.counters.bytes_delivered += s.c.image.data_len;
                         pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
+                        pass.reportProgressLocked();
                         pass.work_cond.broadcast(io);
                         return .{ .sample = s };
                     },
@@ -295,6 +306,56 @@ pub const Pass = struct {
                 }
             }
             pass.ready_cond.waitTimeout(io, &pass.mutex, deadline) catch return .timeout;
+        }
+    }
+
+    /// Logs an INFO line with throughput and failures every log_interval_s.
+    fn reportProgressLocked(pass: *Pass) void {
+        const interval_s = pass.config.log_interval_s;
+        if (interval_s <= 0 or !log.enabled(.info)) return;
+        const t = runtime.monotonicNs();
+        const interval_ns: u64 = @intFromFloat(interval_s * std.time.ns_per_s);
+        if (t - pass.report.at_ns < interval_ns) return;
+        const c = &pass.counters;
+        const seconds = @as(f64, @floatFromInt(t - pass.report.at_ns)) / std.time.ns_per_s;
+        const samples = c.delivered - pass.report.delivered;
+        const megabytes = @as(f64, @floatFromInt(c.bytes_delivered - pass.report.bytes)) / 1e6;
+        log.info(.pipeline, "pass {d}: {d} samples delivered ({d:.1} img/s, {d:.1} MB/s over the last {d:.0} s), {d} failed (most frequent: {s})", .{
+            pass.epoch,                                 c.delivered, @as(f64, @floatFromInt(samples)) / seconds, megabytes / seconds,
+            seconds,                                    c.failed,    if (c.failed > 0) @tagName(mostFrequentCause(c)) else "none",
+        });
+        pass.report = .{ .at_ns = t, .delivered = c.delivered, .bytes = c.bytes_delivered };
+    }
+
+    pub const BatchResult = union(enum) {
+        batch: *batcher_mod.Batch,
+        end,
+        timeout,
+        source_error,
+        internal_error,
+    };
+
+    /// Waits for the next batch (batch_size set). Samples are taken in plan
+    /// order and grouped by shape; see batcher.zig. Threadsafe.
+    pub fn nextBatch(pass: *Pass, timeout_ms: i64) Allocator.Error!BatchResult {
+        pass.batch_mutex.lockUncancelable(pass.io);
+        defer pass.batch_mutex.unlock(pass.io);
+        const b = &pass.batcher.?;
+        const deadline_ns: ?u64 = if (timeout_ms < 0) null else runtime.monotonicNs() + @as(u64, @intCast(timeout_ms)) * std.time.ns_per_ms;
+        while (true) {
+            if (b.popReady()) |batch| return .{ .batch = batch };
+            if (b.finished) return .end;
+            const remaining_ms: i64 = if (deadline_ns) |d| @intCast((d -| runtime.monotonicNs()) / std.time.ns_per_ms) else -1;
+            switch (pass.next(remaining_ms)) {
+                .sample => |s| if (try b.add(s)) |batch| return .{ .batch = batch },
+                .end => try b.finish(),
+                .timeout => return .timeout,
+                .source_error => {
+                    b.finished = true;
+                    return .source_error;
+                },
+                .internal_error => return .internal_error,
+            }
         }
     }
 
@@ -519,6 +580,9 @@ pub const Pass = struct {
             .in_flight = pass.dispatched -| pass.head -| ready,
             .plan_len = pass.plan.len,
             .elapsed_ns = runtime.monotonicNs() - pass.started_ns,
+            .batches = if (pass.batcher) |*b| b.counters.batches.load(.monotonic) else 0,
+            .partial_batches = if (pass.batcher) |*b| b.counters.partial_batches.load(.monotonic) else 0,
+            .dropped_samples = if (pass.batcher) |*b| b.counters.dropped_samples.load(.monotonic) else 0,
         };
     }
 };

@@ -43,6 +43,7 @@ test {
     _ = @import("sources/files.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("stats.zig");
+    _ = @import("batcher.zig");
     _ = @import("image/bucket.zig");
     _ = @import("image/convert.zig");
     _ = @import("encode/png.zig");
@@ -50,4 +51,5 @@ test {
     _ = @import("image/process.zig");
     _ = @import("image/resize.zig");
     _ = @import("pipeline_test.zig");
+    _ = @import("abi_header_test.zig");
 }

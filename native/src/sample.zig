@@ -67,6 +67,8 @@ pub const Owned = struct {
     named: []abi.NamedImage,
     /// Counted in runtime.live_samples once handed to the caller.
     handed_out: bool = false,
+    /// Owned by a batch (batcher.zig): freed with it, never on its own.
+    in_batch: bool = false,
 
     pub fn fromC(ptr: *abi.Sample) *Owned {
         return @fieldParentPtr("c", ptr);

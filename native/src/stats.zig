@@ -63,9 +63,10 @@ pub const Histogram = struct {
     }
 };
 
-/// Timings of one sample on a worker, handed in with its result.
+/// Timings of one sample on a worker, handed in with its result; null for
+/// a stage that did not run.
 pub const Timings = struct {
-    ns: std.EnumArray(Stage, u64) = .initFill(0),
+    ns: std.EnumArray(Stage, ?u64) = .initFill(null),
     bytes_read: u64 = 0,
 };
 
@@ -85,8 +86,7 @@ pub const Counters = struct {
     pub fn addTimings(self: *Counters, timings: *const Timings) void {
         self.bytes_read += timings.bytes_read;
         for (std.enums.values(Stage)) |stage| {
-            const ns = timings.ns.get(stage);
-            if (ns > 0) self.stages.getPtr(stage).add(ns);
+            if (timings.ns.get(stage)) |ns| self.stages.getPtr(stage).add(ns);
         }
     }
 };
@@ -104,6 +104,10 @@ pub const Snapshot = struct {
     in_flight: u64,
     plan_len: u64,
     elapsed_ns: u64,
+    batches: u64 = 0,
+    partial_batches: u64 = 0,
+    /// Samples of partial batches dropped by drop_last.
+    dropped_samples: u64 = 0,
 };
 
 /// Writes a snapshot as one JSON object.
@@ -120,7 +124,8 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
     for (std.enums.values(decoder.Cause), 0..) |cause, i| {
         try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", @tagName(cause), c.by_cause.get(cause) });
     }
-    try w.print("}},\"queues\":{{\"ready\":{d},\"ready_capacity\":{d},\"in_flight\":{d}}},", .{ s.ready, s.ready_capacity, s.in_flight });
+    try w.print("}},\"batches\":{d},\"partial_batches\":{d},\"dropped_samples\":{d}", .{ s.batches, s.partial_batches, s.dropped_samples });
+    try w.print(",\"queues\":{{\"ready\":{d},\"ready_capacity\":{d},\"in_flight\":{d}}},", .{ s.ready, s.ready_capacity, s.in_flight });
     try w.writeAll("\"stages\":{");
     for (std.enums.values(Stage), 0..) |stage, i| {
         try w.print("{s}\"{s}\":", .{ if (i == 0) "" else ",", @tagName(stage) });

@@ -72,7 +72,10 @@ pub fn run(
 ) Error!Result {
     const c = &transform.config;
     var clock = now();
-    var image = try decoder.decode(gpa, bytes, request.max_pixels, diag);
+    var image = decoder.decode(gpa, bytes, request.max_pixels, diag) catch |err| {
+        timings.ns.set(.decode, lap(&clock));
+        return err;
+    };
     errdefer image.deinit(gpa);
     timings.ns.set(.decode, lap(&clock));
 
