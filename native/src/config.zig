@@ -33,7 +33,15 @@ pub const ImageConfig = struct {
     mask_resample: MaskResample = .lanczos,
     exif_transpose: bool = false,
     dct_scaling: bool = true,
+    /// With dct_scaling: the JPEG is decoded at the smallest M/8 scale whose
+    /// crop is still at least this many times the output on both axes
+    /// (1.0: just covers it; 2.0: Pillow's reducing_gap-like margin).
+    dct_scale_margin: f64 = dct_scale_margin_default,
 };
+
+/// Chosen by bench/dct_scaling.py: the fastest margin whose deviation from
+/// the full-size path stays within mean 1 / p99 8 levels.
+pub const dct_scale_margin_default: f64 = 2.0;
 
 pub const FileSource = struct {
     /// Owned by the config's arena.
@@ -279,11 +287,16 @@ const Parser = struct {
         }
         image.exif_transpose = try p.optBool(object, prefix, "exif_transpose") orelse false;
         image.dct_scaling = try p.optBool(object, prefix, "dct_scaling") orelse true;
+        if (try p.optNumber(object, prefix, "dct_scale_margin")) |m| {
+            if (!(m >= 1.0 and m <= 8.0)) return p.fail("image_config.dct_scale_margin: must be between 1 and 8, got {d}", .{m});
+            image.dct_scale_margin = m;
+        }
         if (image.crop_and_resize) try p.checkBuckets(image);
         try p.collectUnknown(object, prefix, &.{
             "crop_and_resize",   "default_image_size", "downsampling_ratio", "min_aspect_ratio",
             "max_aspect_ratio",  "pre_encode_images",  "image_to_rgb8",      "encode_format",
             "jpeg_quality",      "mask_resample",      "exif_transpose",     "dct_scaling",
+            "dct_scale_margin",
         });
         return image;
     }

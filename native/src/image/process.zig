@@ -72,21 +72,28 @@ pub fn run(
 ) Error!Result {
     const c = &transform.config;
     var clock = now();
-    var image = decoder.decode(gpa, bytes, request.max_pixels, diag) catch |err| {
-        timings.ns.set(.decode, lap(&clock));
-        return err;
-    };
-    errdefer image.deinit(gpa);
-    timings.ns.set(.decode, lap(&clock));
-
-    if (c.exif_transpose) try applyOrientation(gpa, &image, decoder.exifOrientation(bytes));
-
     var key: ?i64 = null;
-    if (transform.table) |*table| {
-        const chosen = pick(table, image.width, image.height, request.bucket_key);
-        key = chosen.key_milli;
-        try fitInto(gpa, &image, chosen.size, filterFor(c, request.role));
+    var image: Pixels = undefined;
+    if (try planJpeg(bytes, transform, request, diag)) |plan| {
+        // Fast path: decode only the crop window, at the smallest DCT scale
+        // that keeps the margin, then resample that window into the bucket.
+        image = try decodeJpegPlan(gpa, bytes, plan, timings, &clock, diag);
+        key = plan.bucket.key_milli;
+    } else {
+        image = decoder.decode(gpa, bytes, request.max_pixels, diag) catch |err| {
+            timings.ns.set(.decode, lap(&clock));
+            return err;
+        };
+        timings.ns.set(.decode, lap(&clock));
+        errdefer image.deinit(gpa);
+        if (c.exif_transpose) try applyOrientation(gpa, &image, decoder.exifOrientation(bytes));
+        if (transform.table) |*table| {
+            const chosen = pick(table, image.width, image.height, request.bucket_key);
+            key = chosen.key_milli;
+            try fitInto(gpa, &image, chosen.size, filterFor(c, request.role));
+        }
     }
+    errdefer image.deinit(gpa);
     if (c.image_to_rgb8 and request.role != .mask and !(image.channels == 3 and image.bit_depth == 8)) {
         const rgb = convert.toRgb8(gpa, viewOf(&image)) catch return error.NoMemory;
         replace(gpa, &image, rgb, 3, 8);
@@ -99,6 +106,104 @@ pub fn run(
         timings.ns.set(.encode, lap(&clock));
     }
     return .{ .pixels = image, .bucket_key = key };
+}
+
+/// A decision to decode a JPEG straight into its bucket.
+const JpegPlan = struct {
+    header: jpeg.Header,
+    bucket: bucket.Bucket,
+    geometry: bucket.Fit,
+    scale_num: u8,
+    window: jpeg.Rect,
+    /// The geometry's box in window pixels.
+    box: resize.Box,
+};
+
+/// Whether (and how) to take the JPEG fast path: bucketing on, DCT scaling
+/// allowed, a Lanczos resample (nearest-neighbour masks keep exact labels)
+/// and no EXIF rotation to apply first.
+fn planJpeg(bytes: []const u8, transform: *const Transform, request: Request, diag: *decoder.Diagnostics) Error!?JpegPlan {
+    const c = &transform.config;
+    const table = if (transform.table) |*t| t else return null;
+    if (!c.dct_scaling or filterFor(c, request.role) != .lanczos3 or decoder.sniff(bytes) != .jpeg) return null;
+    var jdiag: jpeg.Diagnostics = .{};
+    const header = jpeg.readHeader(bytes, &jdiag) catch |err| return decoder.jpegError(err, &jdiag, diag);
+    if (@as(u64, header.width) * header.height > request.max_pixels) {
+        diag.set("{d}x{d} pixels is more than max_pixels ({d})", .{ header.width, header.height, request.max_pixels });
+        return error.TooLarge;
+    }
+    if (c.exif_transpose and header.exif_orientation != 1) return null;
+    const chosen = pick(table, header.width, header.height, request.bucket_key);
+    const geometry = bucket.fit(header.width, header.height, chosen.size);
+    if (geometry.identity) return null;
+    const box_w = geometry.box[2] - geometry.box[0];
+    const box_h = geometry.box[3] - geometry.box[1];
+    const need = c.dct_scale_margin * @max(@as(f64, @floatFromInt(chosen.size.width)) / box_w, @as(f64, @floatFromInt(chosen.size.height)) / box_h);
+    const scale_num: u8 = @intFromFloat(std.math.clamp(@ceil(8.0 * need - 1e-9), 1.0, 8.0));
+    const scaled = jpeg.outputSize(header, scale_num);
+    // Map the box with the rounded-up scaled size, as libjpeg scales.
+    const sx = @as(f64, @floatFromInt(scaled.width)) / @as(f64, @floatFromInt(header.width));
+    const sy = @as(f64, @floatFromInt(scaled.height)) / @as(f64, @floatFromInt(header.height));
+    const l = geometry.box[0] * sx;
+    const t = geometry.box[1] * sy;
+    const r = geometry.box[2] * sx;
+    const b = geometry.box[3] * sy;
+    // Keep every Lanczos tap of every output pixel inside the window, so the
+    // window resamples exactly like the whole scaled image would.
+    const margin_x = @ceil(3.0 * @max((r - l) / @as(f64, @floatFromInt(chosen.size.width)), 1.0)) + 1;
+    const margin_y = @ceil(3.0 * @max((b - t) / @as(f64, @floatFromInt(chosen.size.height)), 1.0)) + 1;
+    const x0: u32 = @intFromFloat(@max(0, @floor(l - margin_x)));
+    const y0: u32 = @intFromFloat(@max(0, @floor(t - margin_y)));
+    const x1: u32 = @intFromFloat(@min(@as(f64, @floatFromInt(scaled.width)), @ceil(r + margin_x)));
+    const y1: u32 = @intFromFloat(@min(@as(f64, @floatFromInt(scaled.height)), @ceil(b + margin_y)));
+    if (x1 <= x0 or y1 <= y0) return null;
+    const fx0: f64 = @floatFromInt(x0);
+    const fy0: f64 = @floatFromInt(y0);
+    return .{
+        .header = header,
+        .bucket = chosen,
+        .geometry = geometry,
+        .scale_num = scale_num,
+        .window = .{ .x = x0, .y = y0, .width = x1 - x0, .height = y1 - y0 },
+        .box = .{ .left = l - fx0, .top = t - fy0, .right = r - fx0, .bottom = b - fy0 },
+    };
+}
+
+fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *stats.Timings, clock: *u64, diag: *decoder.Diagnostics) Error!Pixels {
+    const channels = jpeg.outputChannels(plan.header);
+    const window_len = @as(usize, plan.window.width) * plan.window.height * channels;
+    const window = Pixels.alloc(gpa, window_len) catch return error.NoMemory;
+    defer gpa.free(window);
+    var jdiag: jpeg.Diagnostics = .{};
+    jpeg.decode(bytes, .{ .scale_num = plan.scale_num, .crop = plan.window }, window, &jdiag) catch |err| {
+        timings.ns.set(.decode, lap(clock));
+        return decoder.jpegError(err, &jdiag, diag);
+    };
+    timings.ns.set(.decode, lap(clock));
+    try decoder.checkJpegWarnings(&jdiag, diag);
+    const size = plan.bucket.size;
+    const out = Pixels.alloc(gpa, @as(usize, size.width) * size.height * channels) catch return error.NoMemory;
+    errdefer gpa.free(out);
+    resize.resize(gpa, .{
+        .pixels = window,
+        .width = plan.window.width,
+        .height = plan.window.height,
+        .channels = channels,
+        .bit_depth = 8,
+        .stride_bytes = @as(usize, plan.window.width) * channels,
+    }, plan.box, size.width, size.height, .lanczos3, .straight, out) catch return error.NoMemory;
+    return .{
+        .data = out,
+        .backing = out,
+        .width = size.width,
+        .height = size.height,
+        .channels = channels,
+        .bit_depth = 8,
+        .original_width = plan.header.width,
+        .original_height = plan.header.height,
+        .crop = plan.geometry.box,
+        .scale = plan.geometry.scale,
+    };
 }
 
 fn pick(table: *const bucket.Table, width: u32, height: u32, key: ?i64) bucket.Bucket {
