@@ -14,6 +14,7 @@ const Allocator = std.mem.Allocator;
 const abi = @import("abi_types.zig");
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
+const buffers = @import("buffers.zig");
 
 /// With crop_and_resize there are tens of buckets; without it shapes are
 /// unbounded, and a group waiting forever for company must not hold memory.
@@ -41,7 +42,7 @@ pub const Batch = struct {
         }
         gpa.free(self.samples);
         gpa.free(self.views);
-        gpa.free(self.pixels);
+        buffers.free(gpa, self.pixels);
         gpa.destroy(self);
     }
 
@@ -153,8 +154,8 @@ pub const Batcher = struct {
         errdefer for (members) |s| s.destroy();
         const shape = group.shape;
         const frame = @as(usize, shape.width) * shape.height * shape.channels * (shape.bit_depth / 8);
-        const pixels = try self.gpa.alignedAlloc(u8, .@"16", frame * members.len);
-        errdefer self.gpa.free(pixels);
+        const pixels = try buffers.alloc(self.gpa, frame * members.len);
+        errdefer buffers.free(self.gpa, pixels);
         const samples = try self.gpa.dupe(*sample_mod.Owned, members);
         errdefer self.gpa.free(samples);
         const views = try self.gpa.alloc(*abi.Sample, members.len);
@@ -164,7 +165,7 @@ pub const Batcher = struct {
             const slot = pixels[i * frame ..][0..frame];
             var image = &s.image.?;
             @memcpy(slot, image.data);
-            self.gpa.free(image.backing);
+            image.freeBacking(self.gpa);
             image.data = slot;
             image.backing = &.{};
             s.c.image.data = slot.ptr;

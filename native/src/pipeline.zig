@@ -41,6 +41,8 @@ pub const stop_grace_ms = 100;
 const logged_failures_max = 50;
 /// max_error_fraction is enforced once this many files were attempted.
 const error_fraction_min_attempts = 32;
+/// Most outcomes a sleeping consumer lets accumulate before it is woken.
+const wake_batch_max = 16;
 /// Files larger than this are refused without reading them.
 const file_bytes_max: u64 = 1 << 31;
 
@@ -106,6 +108,11 @@ pub const Pass = struct {
     head: u64 = 0,
     /// Failures among the first `head` items of the plan.
     examined_failed: u64 = 0,
+    /// Consecutive filled slots from `head`: what a consumer can take
+    /// without waiting.
+    ready_run: u64 = 0,
+    /// Consumers sleeping on `ready_cond`.
+    consumers_waiting: u32 = 0,
     slots: []Outcome,
     counters: Counters = .{},
     /// First example path per failure cause (owned), for the final error.
@@ -240,6 +247,7 @@ pub const Pass = struct {
     }
 
     fn discardSlots(pass: *Pass) void {
+        pass.ready_run = 0;
         for (pass.slots) |*slot| {
             switch (slot.*) {
                 .ready => |s| s.destroy(),
@@ -253,6 +261,9 @@ pub const Pass = struct {
     /// without a deadline. Threadsafe; each sample goes to one caller.
     pub fn next(pass: *Pass, timeout_ms: i64) NextResult {
         const io = pass.io;
+        var wake_workers = false;
+        // After unlocking (defers run in reverse): see `claim`.
+        defer if (wake_workers) pass.work_cond.broadcast(io);
         pass.mutex.lockUncancelable(io);
         defer pass.mutex.unlock(io);
         const wait_started = runtime.monotonicNs();
@@ -277,18 +288,20 @@ pub const Pass = struct {
                     .ready => |s| {
                         slot.* = .empty;
                         pass.head += 1;
+                        pass.ready_run -= 1;
+                        wake_workers = pass.workersShouldWakeLocked();
                         pass.counters.delivered += 1;
                         pass.counters.bytes_delivered += s.c.image.data_len;
                         pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
                         pass.reportProgressLocked();
-                        pass.work_cond.broadcast(io);
                         return .{ .sample = s };
                     },
                     .failed => {
                         slot.* = .empty;
                         pass.head += 1;
+                        pass.ready_run -= 1;
                         pass.examined_failed += 1;
-                        pass.work_cond.broadcast(io);
+                        wake_workers = pass.workersShouldWakeLocked();
                         // Judged in delivery order, so the verdict does not
                         // depend on which worker finished first.
                         if (pass.config.max_error_fraction) |fraction| {
@@ -305,6 +318,8 @@ pub const Pass = struct {
                     },
                 }
             }
+            pass.consumers_waiting += 1;
+            defer pass.consumers_waiting -= 1;
             pass.ready_cond.waitTimeout(io, &pass.mutex, deadline) catch return .timeout;
         }
     }
@@ -409,9 +424,10 @@ pub const Pass = struct {
         current_pass = pass;
         var scratch: Scratch = .{};
         if (index == 0) pass.runListing();
-        while (pass.claim()) |seq| {
+        var next_seq = pass.claim(null);
+        while (next_seq) |seq| {
             const outcome = pass.process(seq, &scratch);
-            pass.complete(seq, outcome);
+            next_seq = pass.claim(.{ .seq = seq, .result = outcome });
         }
         // Free before leaving: the last reference may free the pass, and with
         // it the promise that nothing of this pass is still allocated.
@@ -475,11 +491,19 @@ pub const Pass = struct {
         pass.ready_cond.broadcast(pass.io);
     }
 
-    /// Claims the next sequence number, waiting for the plan or ring space.
-    /// Returns null when there is nothing left to do.
-    fn claim(pass: *Pass) ?u64 {
+    const Finished = struct { seq: u64, result: ProcessResult };
+
+    /// Hands in the outcome of the previous item (if any) and claims the
+    /// next sequence number, waiting for the plan or for ring space: one
+    /// critical section per item. Returns null when nothing is left to do.
+    fn claim(pass: *Pass, finished: ?Finished) ?u64 {
+        var wake_consumers = false;
+        // Wake after unlocking, so the woken consumer does not preempt us
+        // only to block on the mutex we still hold.
+        defer if (wake_consumers) pass.ready_cond.broadcast(pass.io);
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
+        if (finished) |f| wake_consumers = pass.completeLocked(f.seq, f.result);
         while (true) {
             switch (pass.phase) {
                 .done => return null,
@@ -492,16 +516,20 @@ pub const Pass = struct {
                     }
                 },
             }
+            if (wake_consumers) {
+                // About to sleep: let the consumers in first.
+                pass.ready_cond.broadcast(pass.io);
+                wake_consumers = false;
+            }
             pass.work_cond.waitUncancelable(pass.io, &pass.mutex);
         }
     }
 
-    fn complete(pass: *Pass, seq: u64, result: ProcessResult) void {
-        pass.mutex.lockUncancelable(pass.io);
-        defer pass.mutex.unlock(pass.io);
+    /// Stores an outcome; returns whether sleeping consumers should be woken.
+    fn completeLocked(pass: *Pass, seq: u64, result: ProcessResult) bool {
         if (pass.phase == .done) {
             if (result.outcome == .ready) result.outcome.ready.destroy();
-            return;
+            return false;
         }
         const c = &pass.counters;
         c.attempted += 1;
@@ -518,7 +546,39 @@ pub const Pass = struct {
                 }
             },
         }
-        if (seq == pass.head) pass.ready_cond.broadcast(pass.io);
+        pass.extendReadyRunLocked();
+        return pass.consumersShouldWakeLocked();
+    }
+
+    fn extendReadyRunLocked(pass: *Pass) void {
+        while (pass.head + pass.ready_run < pass.dispatched and
+            pass.slots[(pass.head + pass.ready_run) % pass.slots.len] != .empty) pass.ready_run += 1;
+    }
+
+    /// Whether sleeping consumers should be woken: once a run of `wakeBatch`
+    /// outcomes is ready (or everything claimed is). On a busy core, waking
+    /// the consumer for every tiny image costs a context switch each way.
+    fn consumersShouldWakeLocked(pass: *Pass) bool {
+        if (pass.consumers_waiting == 0 or pass.ready_run == 0) return false;
+        return pass.ready_run >= pass.wakeBatch() or pass.head + pass.ready_run == pass.dispatched;
+    }
+
+    /// Whether workers blocked on a full ring should be woken: once a
+    /// quarter of it is free, for the same reason (a worker sleeps only when
+    /// the ring is full, see `claim`).
+    fn workersShouldWakeLocked(pass: *Pass) bool {
+        const free = pass.head + pass.slots.len - pass.dispatched;
+        return free >= @max(1, pass.slots.len / 4);
+    }
+
+    fn wakeBatch(pass: *Pass) u64 {
+        const c = &pass.counters;
+        if (c.delivered == 0 or c.attempted == 0) return 1; // the first sample as soon as possible
+        var busy_ns: u64 = 0;
+        for (std.enums.values(stats.Stage)) |stage| busy_ns += c.stages.getPtrConst(stage).sum_ns;
+        // Images that take a millisecond or more: waking costs nothing.
+        if (busy_ns / c.attempted >= std.time.ns_per_ms) return 1;
+        return std.math.clamp(pass.slots.len / 2, 1, wake_batch_max);
     }
 
     const ProcessResult = struct {

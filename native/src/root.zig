@@ -44,6 +44,7 @@ test {
     _ = @import("decode/decoder.zig");
     _ = @import("stats.zig");
     _ = @import("batcher.zig");
+    _ = @import("buffers.zig");
     _ = @import("image/bucket.zig");
     _ = @import("image/convert.zig");
     _ = @import("encode/png.zig");

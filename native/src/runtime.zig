@@ -98,9 +98,23 @@ pub fn getenv(name: [*:0]const u8) ?[]const u8 {
     return std.mem.span(value);
 }
 
-/// The process id, to detect handles inherited across `fork()`.
+/// The process id, to detect handles inherited across `fork()`. Cached:
+/// glibc no longer caches getpid, and `next` checks it on every call; a
+/// pthread_atfork handler refreshes it in the child.
 pub fn processId() i32 {
-    return @intCast(std.c.getpid());
+    const cached = cached_pid.load(.acquire);
+    if (cached != 0) return cached;
+    if (!atfork_installed.swap(true, .acq_rel)) _ = std.c.pthread_atfork(null, null, forgetPid);
+    const pid: i32 = @intCast(std.c.getpid());
+    cached_pid.store(pid, .release);
+    return pid;
+}
+
+var cached_pid: std.atomic.Value(i32) = .init(0);
+var atfork_installed: std.atomic.Value(bool) = .init(false);
+
+fn forgetPid() callconv(.c) void {
+    cached_pid.store(0, .release);
 }
 
 /// Fresh entropy for unseeded shuffles.

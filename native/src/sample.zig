@@ -4,6 +4,7 @@
 const std = @import("std");
 const abi = @import("abi_types.zig");
 const runtime = @import("runtime.zig");
+const buffers = @import("buffers.zig");
 const Allocator = std.mem.Allocator;
 
 /// A decoded or processed image, owning its buffer.
@@ -22,15 +23,30 @@ pub const Pixels = struct {
     original_height: u32,
     crop: [4]f64,
     scale: f64 = 1.0,
+    /// `backing` came from buffers.alloc (else from a C decoder's malloc).
+    pooled: bool = true,
 
     pub fn deinit(self: *Pixels, gpa: Allocator) void {
-        gpa.free(self.backing);
+        self.freeBacking(gpa);
         self.* = undefined;
     }
 
-    /// Allocates `len` bytes of pixels (16-byte aligned).
+    /// Allocates `len` bytes of pixels (16-byte aligned, recycled: buffers.zig).
     pub fn alloc(gpa: Allocator, len: usize) Allocator.Error![]align(16) u8 {
-        return gpa.alignedAlloc(u8, .@"16", len);
+        return buffers.alloc(gpa, len);
+    }
+
+    /// Releases the buffer (to the pool, or to the C allocator it came from).
+    pub fn freeBacking(self: *Pixels, gpa: Allocator) void {
+        if (self.pooled) buffers.free(gpa, self.backing) else buffers.freeUnpooled(gpa, self.backing);
+    }
+
+    /// Replaces the buffer by `fresh` (from `alloc`), releasing the old one.
+    pub fn adopt(self: *Pixels, gpa: Allocator, fresh: []align(16) u8) void {
+        self.freeBacking(gpa);
+        self.data = fresh;
+        self.backing = fresh;
+        self.pooled = true;
     }
 
     pub fn view(self: *const Pixels) abi.Image {
@@ -242,9 +258,9 @@ test "a file sample owns its strings and pixels" {
 
 test "masks and additional images are owned and viewed in order" {
     const gpa = std.testing.allocator;
-    var buffers: [3][]align(16) u8 = undefined;
+    var blocks: [3][]align(16) u8 = undefined;
     var pixels: [3]Pixels = undefined;
-    for (&buffers, &pixels, 0..) |*b, *p, i| {
+    for (&blocks, &pixels, 0..) |*b, *p, i| {
         b.* = try Pixels.alloc(gpa, 4);
         @memset(b.*, @intCast(i));
         p.* = .{ .data = b.*, .backing = b.*, .width = 2, .height = 2, .channels = 1, .bit_depth = 8, .original_width = 2, .original_height = 2, .crop = .{ 0, 0, 2, 2 } };

@@ -205,6 +205,7 @@ fn decodeStb(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnost
     return .{
         .data = image.pixels,
         .backing = alloc_hooks.backing(image.pixels.ptr),
+        .pooled = false,
         .width = image.width,
         .height = image.height,
         .channels = image.channels,

@@ -3,6 +3,7 @@
 //! (value / 257, rounded), and the 8-bit forms JPEG encoding needs.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
+const buffers = @import("../buffers.zig");
 
 /// An interleaved image. 16-bit samples are little-endian u16.
 pub const View = struct {
@@ -53,7 +54,7 @@ pub fn composite(c: u8, a: u8) u8 {
 /// reduced first. Caller owns the result (width * height * 3 bytes).
 pub fn toRgb8(gpa: Allocator, src: View) Allocator.Error![]align(16) u8 {
     const n = @as(usize, src.width) * src.height;
-    const out = try gpa.alignedAlloc(u8, .@"16", n * 3);
+    const out = try buffers.alloc(gpa, n * 3);
     for (0..n) |i| {
         const px = readPixel8(src, i);
         const rgb: [3]u8 = switch (src.channels) {
@@ -78,7 +79,7 @@ pub fn toJpegInput(gpa: Allocator, src: View) Allocator.Error!?struct { pixels: 
     if (src.bit_depth == 8 and (src.channels == 1 or src.channels == 3)) return null;
     if (src.channels >= 3) return .{ .pixels = try toRgb8(gpa, src), .channels = 3 };
     const n = @as(usize, src.width) * src.height;
-    const out = try gpa.alignedAlloc(u8, .@"16", n);
+    const out = try buffers.alloc(gpa, n);
     for (0..n) |i| {
         const px = readPixel8(src, i);
         out[i] = if (src.channels == 2) composite(px[0], px[1]) else px[0];
@@ -111,7 +112,7 @@ test "compositing matches the reference's verified pixels" {
     for (cases, expected) |c, e| {
         const src: View = .{ .pixels = c[0..4], .width = 1, .height = 1, .channels = 4, .bit_depth = 8 };
         const out = try toRgb8(testing.allocator, src);
-        defer testing.allocator.free(out);
+        defer buffers.free(testing.allocator, out);
         try testing.expectEqualSlices(u8, &e, out);
     }
 }
@@ -130,10 +131,10 @@ test "gray and LA become RGB; JPEG input keeps gray as gray" {
     const la = [_]u8{ 200, 128, 50, 255 };
     const src: View = .{ .pixels = &la, .width = 2, .height = 1, .channels = 2, .bit_depth = 8 };
     const rgb = try toRgb8(testing.allocator, src);
-    defer testing.allocator.free(rgb);
+    defer buffers.free(testing.allocator, rgb);
     try testing.expectEqualSlices(u8, &.{ 164, 164, 164, 50, 50, 50 }, rgb);
     const jpeg_input = (try toJpegInput(testing.allocator, src)).?;
-    defer testing.allocator.free(jpeg_input.pixels);
+    defer buffers.free(testing.allocator, jpeg_input.pixels);
     try testing.expectEqual(@as(u8, 1), jpeg_input.channels);
     try testing.expectEqualSlices(u8, &.{ 164, 50 }, jpeg_input.pixels);
     const rgb8 = [_]u8{ 1, 2, 3 };

@@ -2,6 +2,7 @@
 //! tag, applied as Pillow's `ImageOps.exif_transpose` does.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
+const buffers = @import("../buffers.zig");
 
 /// Whether orientation `o` swaps width and height (5..8 are transposes).
 pub fn swapsAxes(o: u8) bool {
@@ -20,7 +21,7 @@ pub fn apply(
     orientation: u8,
 ) Allocator.Error!?[]align(16) u8 {
     if (orientation < 2 or orientation > 8) return null;
-    const out = try gpa.alignedAlloc(u8, .@"16", pixels.len);
+    const out = try buffers.alloc(gpa, pixels.len);
     const out_width = if (swapsAxes(orientation)) height else width;
     const out_height = if (swapsAxes(orientation)) width else height;
     const w = width;
@@ -54,7 +55,7 @@ test "the eight orientations of a 3x2 image" {
     const expected = [_][]const u8{ "cbafed", "fedcba", "defabc", "adbecf", "daebfc", "fcebda", "cfbead" };
     for (expected, 2..) |want, o| {
         const got = (try apply(std.testing.allocator, src, 3, 2, 1, @intCast(o))).?;
-        defer std.testing.allocator.free(got);
+        defer buffers.free(std.testing.allocator, got);
         try std.testing.expectEqualStrings(want, got);
     }
     try std.testing.expect(try apply(std.testing.allocator, src, 3, 2, 1, 1) == null);

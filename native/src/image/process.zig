@@ -15,6 +15,7 @@ const convert = @import("convert.zig");
 const orient = @import("orient.zig");
 const resize = @import("resize.zig");
 const stats = @import("../stats.zig");
+const buffers = @import("../buffers.zig");
 
 pub const Pixels = sample.Pixels;
 pub const Error = decoder.Error;
@@ -173,7 +174,7 @@ fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *s
     const channels = jpeg.outputChannels(plan.header);
     const window_len = @as(usize, plan.window.width) * plan.window.height * channels;
     const window = Pixels.alloc(gpa, window_len) catch return error.NoMemory;
-    defer gpa.free(window);
+    defer buffers.free(gpa, window);
     var jdiag: jpeg.Diagnostics = .{};
     jpeg.decode(bytes, .{ .scale_num = plan.scale_num, .crop = plan.window }, window, &jdiag) catch |err| {
         timings.ns.set(.decode, lap(clock));
@@ -183,7 +184,7 @@ fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *s
     try decoder.checkJpegWarnings(&jdiag, diag);
     const size = plan.bucket.size;
     const out = Pixels.alloc(gpa, @as(usize, size.width) * size.height * channels) catch return error.NoMemory;
-    errdefer gpa.free(out);
+    errdefer buffers.free(gpa, out);
     resize.resize(gpa, .{
         .pixels = window,
         .width = plan.window.width,
@@ -221,9 +222,7 @@ fn viewOf(image: *const Pixels) convert.View {
 
 /// Swaps the image's buffer for `fresh` with new channels/depth (same size).
 fn replace(gpa: Allocator, image: *Pixels, fresh: []align(16) u8, channels: u8, bit_depth: u8) void {
-    gpa.free(image.backing);
-    image.data = fresh;
-    image.backing = fresh;
+    image.adopt(gpa, fresh);
     image.channels = channels;
     image.bit_depth = bit_depth;
 }
@@ -232,9 +231,7 @@ fn applyOrientation(gpa: Allocator, image: *Pixels, orientation: u8) Error!void 
     const bpp = @as(usize, image.channels) * (image.bit_depth / 8);
     const turned = orient.apply(gpa, image.data, image.width, image.height, bpp, orientation) catch return error.NoMemory;
     const fresh = turned orelse return;
-    gpa.free(image.backing);
-    image.data = fresh;
-    image.backing = fresh;
+    image.adopt(gpa, fresh);
     if (orient.swapsAxes(orientation)) std.mem.swap(u32, &image.width, &image.height);
     image.original_width = image.width;
     image.original_height = image.height;
@@ -251,7 +248,7 @@ fn fitInto(gpa: Allocator, image: *Pixels, size: bucket.Size, filter: resize.Fil
     const bytes_per_sample: usize = image.bit_depth / 8;
     const len = @as(usize, size.width) * size.height * image.channels * bytes_per_sample;
     const out = sample.Pixels.alloc(gpa, len) catch return error.NoMemory;
-    errdefer gpa.free(out);
+    errdefer buffers.free(gpa, out);
     const alpha: resize.AlphaMode = if (image.bit_depth == 8 and (image.channels == 2 or image.channels == 4)) .premultiply else .straight;
     resize.resize(gpa, .{
         .pixels = image.data,
@@ -261,9 +258,7 @@ fn fitInto(gpa: Allocator, image: *Pixels, size: bucket.Size, filter: resize.Fil
         .bit_depth = image.bit_depth,
         .stride_bytes = @as(usize, image.width) * image.channels * bytes_per_sample,
     }, .{ .left = geometry.box[0], .top = geometry.box[1], .right = geometry.box[2], .bottom = geometry.box[3] }, size.width, size.height, filter, alpha, out) catch return error.NoMemory;
-    gpa.free(image.backing);
-    image.data = out;
-    image.backing = out;
+    image.adopt(gpa, out);
     image.width = size.width;
     image.height = size.height;
 }
@@ -298,9 +293,7 @@ fn encodeInPlace(gpa: Allocator, image: *Pixels, format: config_mod.EncodeFormat
     defer gpa.free(file);
     const owned = sample.Pixels.alloc(gpa, file.len) catch return error.NoMemory;
     @memcpy(owned, file);
-    gpa.free(image.backing);
-    image.data = owned;
-    image.backing = owned;
+    image.adopt(gpa, owned);
     image.encoding = if (format == .png) .png else .jpeg;
 }
 
