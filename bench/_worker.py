@@ -1,0 +1,370 @@
+"""Run one engine over one corpus for several passes and write the timings as JSON.
+
+    python _worker.py --engine datago --root DIR --count N --image-config JSON \
+        --cores C --passes P --out result.json
+
+compare.py starts this script in a fresh process pinned with `taskset`, with the interpreter
+the engine needs (the reference wheel lives in its own venv). It imports only the standard
+library and numpy at the top; each engine imports its own dependencies, so a missing one is
+reported as "skipped" (torch, simplejpeg) or "error" (datago) instead of crashing the run.
+
+Per pass the clock starts before the client (or DataLoader, or thread pool) is built, the
+first sample ends the time-to-first-sample and opens the steady-state window, and the
+`count`-th sample closes it: the window holds `count - 1` images. Every engine hands each
+image to the clock as a numpy array, as a training loop would take it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _buckets import Buckets, CoverCrop
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+class Skip(Exception):
+    """An optional dependency or input the engine needs is missing: skip, do not fail."""
+
+
+@dataclass(frozen=True)
+class Job:
+    engine: str
+    root: Path
+    count: int
+    image_config: dict | None
+    cores: int
+    passes: int
+    loader_workers: int
+
+    def paths(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class PassClock:
+    """Times one pass and checks that exactly `expected` images arrive.
+
+    Engines whose work runs in child processes (DataLoader workers) also report each
+    worker's CPU clock with every image (`worker_cpu`); a worker's CPU between its first and
+    last image covers its images after the first, so the window adds
+    `sum(last - first) / (expected - workers)` per image to the main process's share.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.delivered = 0
+        self.shapes: Counter[str] = Counter()
+        self._worker_cpu: dict[int, tuple[float, float]] = {}
+        self._first = self._last = (0.0, 0.0)
+        self._start = (time.perf_counter(), _cpu_with_children())
+
+    def sample(self, array: np.ndarray) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.delivered += 1
+        if self.delivered > self.expected:
+            return
+        self.shapes["x".join(map(str, array.shape))] += 1
+        if self.delivered == 1:
+            self._first = now
+        self._last = now
+
+    def worker_cpu(self, worker: int, cpu_s: float) -> None:
+        first, _ = self._worker_cpu.get(worker, (cpu_s, cpu_s))
+        self._worker_cpu[worker] = (first, cpu_s)
+
+    def result(self) -> dict[str, float]:
+        if self.delivered != self.expected:
+            raise RuntimeError(
+                f"delivered {self.delivered} images, expected {self.expected}"
+                + (" (over-delivery, spec §11.12)" if self.delivered > self.expected else "")
+            )
+        images = self.expected - 1
+        cpu_per_image = (self._last[1] - self._first[1]) / images
+        if self._worker_cpu:
+            worker_cpu_s = sum(last - first for first, last in self._worker_cpu.values())
+            cpu_per_image += worker_cpu_s / (self.expected - len(self._worker_cpu))
+        return {
+            "images": images,
+            "wall_s": self._last[0] - self._first[0],
+            "cpu_s": cpu_per_image * images,
+            "ttfs_s": self._first[0] - self._start[0],
+            "cpu_total_s": _cpu_with_children() - self._start[1],
+        }
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds of this process (all threads) plus its reaped children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Engine:
+    run_pass: Callable[[PassClock], None]
+    versions: dict[str, str] = field(default_factory=dict)
+    child_processes: int = 0  # worker processes whose peak RSS adds to the engine's
+
+
+# --------------------------------------------------------------------------
+# Engines
+
+
+def datago_engine(job: Job) -> Engine:
+    """`datago.DatagoClient` over the file source: ours or the reference, whichever imports."""
+    import datago
+
+    client_class = getattr(datago, "DatagoClient", None)
+    if client_class is None:
+        where = getattr(datago, "__file__", None) or list(getattr(datago, "__path__", []))
+        raise RuntimeError(f"'datago' from {where} has no DatagoClient (not built or installed?)")
+    config: dict[str, Any] = {
+        "source_type": "file",
+        "source_config": {"root_path": str(job.root)},
+        "limit": job.count,
+        "samples_buffer_size": 64,
+    }
+    if job.image_config is not None:
+        config["image_config"] = job.image_config
+    config_json = json.dumps(config)
+
+    def run_pass(clock: PassClock) -> None:
+        client = client_class(config_json)
+        client.start()
+        try:
+            while (sample := client.get_sample()) is not None:
+                clock.sample(sample.image.to_numpy_array())
+        finally:
+            client.stop()
+
+    return Engine(run_pass, {"datago": _version("datago"), "datago_path": str(datago.__file__)})
+
+
+def pil_loop_engine(job: Job) -> Engine:
+    """Pillow in a plain loop on the main thread: the per-core figure of the baseline."""
+    load, versions = _pil_loader(job.image_config)
+    paths = job.paths()
+
+    def run_pass(clock: PassClock) -> None:
+        for path in paths:
+            clock.sample(load(path))
+
+    return Engine(run_pass, versions)
+
+
+def pil_dataloader_engine(job: Job) -> Engine:
+    """Pillow in `torch.utils.data.DataLoader` worker processes, one image per item."""
+    try:
+        import torch
+        from torch.utils.data import DataLoader
+    except ImportError as error:
+        raise Skip(f"torch is not installed ({error}); pip install torch==2.13.0") from error
+    load, versions = _pil_loader(job.image_config)
+    items = _TimedItems(job.paths(), load)
+    # np.asarray(PIL image) is read-only; the tensor only travels to the main process.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+    def run_pass(clock: PassClock) -> None:
+        # "fork" so the closure in `items` needs no pickling, whatever the platform default.
+        loader = DataLoader(
+            items, batch_size=None, num_workers=job.loader_workers, multiprocessing_context="fork"
+        )
+        for tensor, worker, cpu_s in loader:
+            clock.sample(np.asarray(tensor))
+            clock.worker_cpu(worker, cpu_s)
+
+    return Engine(run_pass, {**versions, "torch": torch.__version__}, job.loader_workers)
+
+
+class _TimedItems:
+    """Map-style dataset: item i is (image i, worker id, the worker's CPU clock after it)."""
+
+    def __init__(self, paths: list[Path], load: Callable[[Path], np.ndarray]) -> None:
+        self.paths = paths
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, float]:
+        from torch.utils.data import get_worker_info
+
+        array = self.load(self.paths[index])
+        return array, get_worker_info().id, time.process_time()
+
+
+def _pil_loader(image_config: dict | None) -> tuple[Callable[[Path], np.ndarray], dict[str, str]]:
+    """Decode with Pillow, convert to RGB, cover-crop into the bucket (spec §5.3), to numpy."""
+    from PIL import Image
+
+    buckets = Buckets.from_image_config(image_config) if image_config else None
+
+    def load(path: Path) -> np.ndarray:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        if buckets is not None:
+            image = _cover_crop(image, buckets.choose(*image.size))
+        return np.asarray(image)
+
+    return load, {"pillow": Image.__version__, "numpy": np.__version__}
+
+
+def _cover_crop(image: Any, bucket: tuple[int, int]) -> Any:
+    from PIL import Image
+
+    if image.size == bucket:
+        return image
+    plan = CoverCrop.plan(*image.size, bucket)
+    resized = image.resize(plan.resized, Image.Resampling.LANCZOS)
+    if plan.is_pixel_aligned(bucket):
+        left, top = int(plan.left), int(plan.top)
+        return resized.crop((left, top, left + bucket[0], top + bucket[1]))
+    return resized.resize(bucket, Image.Resampling.LANCZOS, box=plan.box)
+
+
+def ceiling_engine(job: Job) -> Engine:
+    """libjpeg-turbo through simplejpeg, `cores` threads, decode only.
+
+    For bucket workloads the decode is DCT-scaled by the smallest of 1/8, 1/4, 1/2 that still
+    covers the bucket (else full size), with no resize or crop: no real loader can do less
+    work per image. Only those scales have SIMD IDCTs; 5/8-7/8 decode slower than full size
+    (jpeg1mp, 1 core: 1/1 2.7 ms, 7/8 5.9, 6/8 4.5, 5/8 3.8, 4/8 2.0, 2/8 1.8, 1/8 1.5).
+    """
+    try:
+        import simplejpeg
+    except ImportError as error:
+        raise Skip(f"simplejpeg is not installed ({error}); pip install simplejpeg") from error
+    paths = job.paths()
+    if any(path.suffix.lower() not in {".jpg", ".jpeg"} for path in paths):
+        raise Skip("the libjpeg-turbo ceiling decodes JPEG only")
+    buckets = Buckets.from_image_config(job.image_config) if job.image_config else None
+
+    def decode(path: Path) -> np.ndarray:
+        data = path.read_bytes()
+        if buckets is None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        divisor = _fast_dct_divisor(width, height, buckets.choose(width, height))
+        # libjpeg-turbo picks the smallest scale whose output reaches these minimums.
+        min_width, min_height = _ceil_div(width, divisor), _ceil_div(height, divisor)
+        return simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_width=min_width, min_height=min_height
+        )
+
+    def run_pass(clock: PassClock) -> None:
+        with ThreadPoolExecutor(job.cores) as pool:
+            for array in pool.map(decode, paths):
+                clock.sample(array)
+
+    return Engine(run_pass, {"simplejpeg": simplejpeg.__version__, "numpy": np.__version__})
+
+
+def _fast_dct_divisor(width: int, height: int, bucket: tuple[int, int]) -> int:
+    """The largest of 8, 4, 2 whose scaled decode still covers `bucket`, else 1."""
+    for divisor in (8, 4, 2):
+        if _ceil_div(width, divisor) >= bucket[0] and _ceil_div(height, divisor) >= bucket[1]:
+            return divisor
+    return 1
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+ENGINES: dict[str, Callable[[Job], Engine]] = {
+    "datago": datago_engine,
+    "pil": pil_dataloader_engine,
+    "pil-loop": pil_loop_engine,
+    "ceiling": ceiling_engine,
+}
+
+
+# --------------------------------------------------------------------------
+# Driver
+
+
+def run(job: Job) -> dict[str, Any]:
+    engine = ENGINES[job.engine](job)
+    passes: list[dict[str, float]] = []
+    shapes: Counter[str] = Counter()
+    for index in range(job.passes):
+        clock = PassClock(job.count)
+        engine.run_pass(clock)
+        try:
+            passes.append(clock.result())
+        except RuntimeError as error:
+            raise RuntimeError(f"pass {index + 1}: {error}") from None
+        shapes = clock.shapes
+    own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child
+    return {
+        "status": "ok",
+        "passes": passes,
+        "peak_rss_mb": own_mb + engine.child_processes * child_mb,
+        "own_peak_rss_mb": own_mb,
+        "child_peak_rss_mb": child_mb,
+        "shapes": dict(shapes),
+        "versions": engine.versions,
+    }
+
+
+def _version(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_job(argv: list[str] | None) -> tuple[Job, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=sorted(ENGINES), required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--image-config", type=json.loads, default=None)
+    parser.add_argument("--cores", type=int, required=True)
+    parser.add_argument("--passes", type=int, required=True)
+    parser.add_argument("--loader-workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    job = Job(
+        engine=args.engine,
+        root=args.root,
+        count=args.count,
+        image_config=args.image_config,
+        cores=args.cores,
+        passes=args.passes,
+        loader_workers=args.loader_workers,
+    )
+    return job, args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    job, out = parse_job(argv)
+    try:
+        result = run(job)
+    except Skip as skip:
+        result = {"status": "skipped", "reason": str(skip)}
+    except Exception as error:  # Reported as an error row; the comparison goes on.
+        traceback.print_exc()
+        result = {"status": "error", "reason": f"{type(error).__name__}: {error}"}
+    result["python"] = sys.version.split()[0]
+    out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

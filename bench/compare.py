@@ -1,0 +1,685 @@
+#!/usr/bin/env python3
+"""Compare datago (ours) with the reference wheel and with Pillow / libjpeg-turbo baselines.
+
+    python bench/compare.py                       # default sets, workloads, engines, 1 and 2 cores
+    python bench/compare.py --quick               # small corpora: a smoke run of a few minutes
+    python bench/compare.py --engines reference,pil,pil-loop,ceiling \
+        --sets jpeg1mp --workloads decode,bucket512 --cores 1,2
+
+Engines (each in a fresh process, `_worker.py`):
+  ours       `import datago` with this interpreter (or --ours-python) and the repository root
+             first on PYTHONPATH: this checkout's package
+  reference  datago==2026.10.1 (Photoroom's Rust wheel) in a venv under the cache dir
+  pil        Pillow + torch.utils.data.DataLoader(num_workers=2), one image per item
+  pil-loop   Pillow in a plain loop on one thread (1-core runs only)
+  ceiling    libjpeg-turbo via simplejpeg, decode only, `cores` threads; JPEG sets only
+Every engine decodes, converts what it must and hands over a numpy array per image. The bucket
+workloads cover-resize and centre-crop into the spec §5.1 bucket with Lanczos (datago:
+`crop_and_resize`; pil: Pillow, same geometry, _buckets.py); the ceiling only DCT-scales its
+decode to the smallest size that still covers the bucket.
+
+Method:
+- Corpora come from ../shared/bench/make_corpus.py (seed 0), built on demand under the cache
+  dir, one folder per image count, read once before the runs so they sit in the page cache.
+- Each (set, workload, cores, engine) is one process pinned with `taskset -c` to the first
+  `cores` CPUs; datago engines get DATAGO_MAX_TASKS=cores and limit = corpus size.
+- A process makes `--passes` passes. In each, time to first sample (TTFS) runs from building
+  the client (DataLoader, thread pool) to the first image; the first image is then dropped and
+  the steady-state window runs to the last one. Each pass must deliver exactly the corpus
+  size: more (the reference's over-delivery, spec §11.12) or fewer is an error.
+- CPU is process CPU over the window, all threads; for `pil` each DataLoader worker reports
+  its own CPU clock with every image and the workers' share is added (see _worker.PassClock).
+- Figures are medians over passes: img/s; CPU ms per image (the steadier figure; "±" is half
+  the range over passes); MP/s/core = source megapixels per CPU second; TTFS; peak RSS (for
+  pil: main process + workers x the largest worker). Ratios compare with `--ratio-to` (ours):
+  "speed-up CPU" = engine CPU ms/img / ours, "speed-up wall" = ours img/s / engine img/s.
+  "load" is the 1-minute load average when the run started (it includes earlier runs);
+  "others" is the share of the pinned CPUs' time that other processes used during the run
+  (OthersMeter); a run above --max-others (10%) is rerun up to --retries (2) times after a
+  pause and the least disturbed attempt is kept.
+- Image sizes (H x W) are compared with the reference's; a difference is noted in the row.
+- Output: markdown on stdout and in bench/results/NAME.md, raw numbers in NAME.json, a bar
+  chart in NAME.png (needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+WORKER = BENCH_DIR / "_worker.py"
+REFERENCE_REQUIREMENT = "datago==2026.10.1"
+RETRY_WAIT_S = 30
+
+WORKLOADS: dict[str, dict[str, Any] | None] = {
+    "decode": None,
+    "bucket512": {
+        "crop_and_resize": True,
+        "default_image_size": 512,
+        "downsampling_ratio": 16,
+        "min_aspect_ratio": 0.5,
+        "max_aspect_ratio": 2.0,
+    },
+    "bucket1024": {
+        "crop_and_resize": True,
+        "default_image_size": 1024,
+        "downsampling_ratio": 32,
+        "min_aspect_ratio": 0.5,
+        "max_aspect_ratio": 2.0,
+    },
+}
+COUNTS = {"jpeg1mp": 600, "jpeg4mp": 600, "jpegvar": 600, "png1mp": 600, "tiny64": 5000}
+QUICK_COUNTS = {"jpeg1mp": 48, "jpeg4mp": 24, "jpegvar": 48, "png1mp": 48, "tiny64": 400}
+ENGINE_WORKERS = {  # compare.py engine -> _worker.py engine
+    "ours": "datago",
+    "reference": "datago",
+    "pil": "pil",
+    "pil-loop": "pil-loop",
+    "ceiling": "ceiling",
+}
+SINGLE_THREADED = {"pil-loop"}  # more cores only leave room for other processes
+DEFAULT_SETS = "jpeg1mp,jpegvar,png1mp,tiny64"
+DEFAULT_WORKLOADS = "decode,bucket512"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    engines: list[str]
+    sets: list[str]
+    workloads: list[str]
+    cores: list[int]
+    passes: int
+    counts: dict[str, int]
+    loader_workers: int
+    ratio_to: str
+    max_others: float
+    retries: int
+    timeout_s: float
+    ours_python: Path
+    cache: Path
+    shared: Path
+    results: Path
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    name: str
+    root: Path
+    count: int
+    megapixels: float
+    encoded_mb: float
+
+    @property
+    def mean_megapixels(self) -> float:
+        return self.megapixels / self.count
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    set: str
+    workload: str
+    cores: int
+    engine: str
+    load_1m: float
+    others_share: float | None  # see OthersMeter; None when no worker ran
+    result: dict[str, Any]
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.result["status"] == "ok"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.set, self.workload, self.cores
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    images_per_s: float
+    cpu_ms: float
+    cpu_spread: float  # half the range of CPU ms/img over passes, relative to the median
+    megapixels_per_cpu_s: float
+    ttfs_ms: float
+    rss_mb: float
+
+
+# --------------------------------------------------------------------------
+# Setup: corpora and interpreters
+
+
+def ensure_corpus(settings: Settings, set_name: str) -> Corpus:
+    """Build `set_name` with `count` images under the cache dir unless it is already there."""
+    count = settings.counts[set_name]
+    out = settings.cache / "corpora" / f"n{count}"
+    root, manifest_path = out / set_name, out / f"{set_name}.manifest.json"
+    if not _corpus_complete(root, manifest_path, count):
+        print(f"building corpus {set_name} ({count} images) in {out}", file=sys.stderr)
+        script = settings.shared / "bench" / "make_corpus.py"
+        options = {"out": out, "set": set_name, "count": count, "seed": 0}
+        command = [sys.executable, str(script), *_flags(options), "--force"]
+        subprocess.run(command, check=True, stdout=sys.stderr)
+    images = json.loads(manifest_path.read_text())["images"]
+    return Corpus(
+        name=set_name,
+        root=root,
+        count=count,
+        megapixels=sum(w * h for w, h in (image["size"] for image in images)) / 1e6,
+        encoded_mb=sum(image["bytes"] for image in images) / 1e6,
+    )
+
+
+def _corpus_complete(root: Path, manifest_path: Path, count: int) -> bool:
+    if not manifest_path.is_file() or not root.is_dir():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    return manifest["count"] == count and sum(1 for _ in root.iterdir()) == count
+
+
+def warm_page_cache(corpus: Corpus) -> None:
+    for path in corpus.root.iterdir():
+        path.read_bytes()
+
+
+def ensure_reference_python(cache: Path) -> Path:
+    """The reference wheel's interpreter: a venv under the cache dir, created on demand."""
+    venv = cache / "ref-venv"
+    python = venv / "bin" / "python"
+    wanted = REFERENCE_REQUIREMENT.split("==")[1]
+    if _distribution_version(python, "datago") != wanted:
+        print(f"creating {venv} with {REFERENCE_REQUIREMENT}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = ["-m", "pip", "install", "--quiet", REFERENCE_REQUIREMENT, "numpy", "pillow"]
+        subprocess.run([str(python), *install], check=True, stdout=sys.stderr)
+    return python
+
+
+def _distribution_version(python: Path, distribution: str) -> str | None:
+    if not python.exists():
+        return None
+    probe = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({distribution!r}))"],
+        capture_output=True,
+        text=True,
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def interpreters(settings: Settings) -> dict[str, Path | str]:
+    """Engine -> interpreter path, or the reason it has none (an error row)."""
+    found: dict[str, Path | str] = {
+        engine: Path(sys.executable) for engine in settings.engines if engine != "reference"
+    }
+    if "ours" in settings.engines:
+        found["ours"] = settings.ours_python
+    if "reference" in settings.engines:
+        try:
+            found["reference"] = ensure_reference_python(settings.cache)
+        except (OSError, subprocess.CalledProcessError) as error:
+            found["reference"] = f"cannot set up the reference venv: {error}"
+    return found
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+def run_engine(
+    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int
+) -> Run:
+    load_1m = os.getloadavg()[0]
+    if isinstance(python, str):
+        return Run(corpus.name, workload, cores, engine, load_1m, None, _error(python))
+    if engine in SINGLE_THREADED and cores > 1:
+        skip = {"status": "skipped", "reason": "single-threaded: its 1-core row is its figure"}
+        return Run(corpus.name, workload, cores, engine, load_1m, None, skip)
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    env = dict(os.environ)
+    if ENGINE_WORKERS[engine] == "datago":
+        env["DATAGO_MAX_TASKS"] = str(cores)
+    if engine == "ours":  # this checkout's package, built in place or installed editable
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
+    meter = OthersMeter(cpus)
+    with tempfile.TemporaryDirectory(prefix="datago-bench-") as scratch:
+        out = Path(scratch) / "result.json"
+        options = {
+            "engine": ENGINE_WORKERS[engine],
+            "root": corpus.root,
+            "count": corpus.count,
+            "image-config": json.dumps(WORKLOADS[workload]),
+            "cores": cores,
+            "passes": settings.passes,
+            "loader-workers": settings.loader_workers,
+            "out": out,
+        }
+        pinned = ["taskset", "-c", ",".join(map(str, cpus)), str(python), str(WORKER)]
+        result = _run_worker([*pinned, *_flags(options)], env, out, settings.timeout_s)
+    return Run(corpus.name, workload, cores, engine, load_1m, meter.others_share(), result)
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
+def _run_worker(
+    command: list[str], env: dict[str, str], out: Path, timeout_s: float
+) -> dict[str, Any]:
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return _error(f"timed out after {timeout_s:g} s")
+    if out.exists():
+        result = json.loads(out.read_text())
+    elif done.returncode < 0:
+        result = _error(f"worker killed by {signal.Signals(-done.returncode).name}")
+    else:
+        result = _error(f"worker exited with status {done.returncode}")
+    result["stderr_tail"] = done.stderr[-2000:]
+    return result
+
+
+class OthersMeter:
+    """Share of the pinned CPUs' time used by anything but our worker, from /proc/stat.
+
+    Busy time of those CPUs minus the CPU of our reaped children (the worker and its
+    DataLoader processes), over wall time x CPUs. High values mean a contaminated row.
+    """
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = {f"cpu{cpu}" for cpu in cpus}
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        busy_ticks = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name in self.cpus:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+                busy_ticks += user + nice + system + irq + softirq + steal
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        return time.monotonic(), busy_ticks / ticks_per_s, children.ru_utime + children.ru_stime
+
+    def others_share(self) -> float:
+        wall_s, busy_s, ours_s = (
+            end - start for end, start in zip(self._sample(), self._start, strict=True)
+        )
+        return max(0.0, (busy_s - ours_s) / (wall_s * len(self.cpus)))
+
+
+def _error(reason: str) -> dict[str, Any]:
+    return {"status": "error", "reason": reason}
+
+
+def run_settled(
+    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int
+) -> Run:
+    """Run, and rerun up to `retries` times while other processes took over `max_others` of
+    the pinned CPUs; keep the least disturbed attempt."""
+    best = run_engine(settings, engine, python, corpus, workload, cores)
+    for attempt in range(2, settings.retries + 2):
+        if not best.ok or best.others_share is None or best.others_share <= settings.max_others:
+            break
+        print(
+            f"{corpus.name} {workload} {cores}c {engine}: others used "
+            f"{100 * best.others_share:.0f}% of the CPUs; rerunning in {RETRY_WAIT_S} s",
+            file=sys.stderr,
+        )
+        time.sleep(RETRY_WAIT_S)  # let a passing build or test run finish
+        again = run_engine(settings, engine, python, corpus, workload, cores)
+        if again.ok and again.others_share is not None and again.others_share < best.others_share:
+            best = again
+        best = dataclasses.replace(best, attempts=attempt)
+    return best
+
+
+def run_all(settings: Settings) -> tuple[list[Corpus], list[Run]]:
+    pythons = interpreters(settings)
+    corpora = [ensure_corpus(settings, set_name) for set_name in settings.sets]
+    runs: list[Run] = []
+    total = len(corpora) * len(settings.workloads) * len(settings.cores) * len(settings.engines)
+    for corpus in corpora:
+        warm_page_cache(corpus)
+        for workload in settings.workloads:
+            for cores in settings.cores:
+                for engine in settings.engines:
+                    run = run_settled(settings, engine, pythons[engine], corpus, workload, cores)
+                    runs.append(run)
+                    print(f"[{len(runs)}/{total}] {_progress(run, corpus)}", file=sys.stderr)
+    return corpora, runs
+
+
+def _progress(run: Run, corpus: Corpus) -> str:
+    head = f"{run.set} {run.workload} {run.cores}c {run.engine}:"
+    if not run.ok:
+        return f"{head} {run.result['status']}: {run.result['reason']}"
+    figures = compute_figures(run, corpus)
+    return f"{head} {figures.images_per_s:.1f} img/s, {figures.cpu_ms:.2f} CPU ms/img"
+
+
+# --------------------------------------------------------------------------
+# Figures and report
+
+
+def compute_figures(run: Run, corpus: Corpus) -> Figures:
+    passes = run.result["passes"]
+    cpu_ms = [1000 * p["cpu_s"] / p["images"] for p in passes]
+    median_cpu_ms = statistics.median(cpu_ms)
+    return Figures(
+        images_per_s=statistics.median(p["images"] / p["wall_s"] for p in passes),
+        cpu_ms=median_cpu_ms,
+        cpu_spread=(max(cpu_ms) - min(cpu_ms)) / 2 / median_cpu_ms,
+        megapixels_per_cpu_s=corpus.mean_megapixels * 1000 / median_cpu_ms,
+        ttfs_ms=1000 * statistics.median(p["ttfs_s"] for p in passes),
+        rss_mb=run.result["peak_rss_mb"],
+    )
+
+
+def size_mismatches(runs: list[Run]) -> dict[int, str]:
+    """id(run) -> note, for runs whose image sizes (H x W) differ from the reference's.
+
+    The base is the reference when it ran, else the first engine of the group; the ceiling's
+    DCT-scaled sizes are not bucket sizes, so it is only compared on `decode`.
+    """
+    notes = {}
+    for key in dict.fromkeys(run.key for run in runs):
+        group = [run for run in runs if run.key == key and run.ok]
+        if key[1] != "decode":
+            group = [run for run in group if run.engine != "ceiling"]
+        group.sort(key=lambda run: run.engine != "reference")
+        for run in group[1:]:
+            differing = sum((_sizes(run) - _sizes(group[0])).values())
+            if differing:
+                notes[id(run)] = f"sizes differ from {group[0].engine} for {differing} images"
+    return notes
+
+
+def failure_notes(runs: list[Run]) -> list[str]:
+    """One line per distinct error or skip, naming every run it hit."""
+    places: dict[tuple[str, str, str], list[str]] = {}
+    for run in runs:
+        if not run.ok:
+            what = (run.engine, run.result["status"], run.result["reason"])
+            places.setdefault(what, []).append(f"{run.set}/{run.workload}/{run.cores}c")
+    return [
+        f"{engine} {status} in {', '.join(where)}: {reason}"
+        for (engine, status, reason), where in places.items()
+    ]
+
+
+def _sizes(run: Run) -> Counter[str]:
+    sizes: Counter[str] = Counter()
+    for shape, count in run.result["shapes"].items():
+        sizes["x".join(shape.split("x")[:2])] += count
+    return sizes
+
+
+def table(runs: list[Run], corpora: dict[str, Corpus], ratio_to: str) -> list[str]:
+    columns = (
+        "set | workload | cores | engine | img/s | CPU ms/img | MP/s/core | TTFS ms | peak RSS MB"
+        f" | {ratio_to} speed-up CPU | {ratio_to} speed-up wall | load | others | note"
+    )
+    lines = [f"| {columns} |", "|" + "---|" * (columns.count("|") + 1)]
+    figures = {id(run): compute_figures(run, corpora[run.set]) for run in runs if run.ok}
+    bases = {run.key: figures[id(run)] for run in runs if run.ok and run.engine == ratio_to}
+    mismatches = size_mismatches(runs)
+    for run in runs:
+        head = f"| {run.set} | {run.workload} | {run.cores} | {run.engine} |"
+        others = "" if run.others_share is None else f"{100 * run.others_share:.0f}%"
+        tail = f"{run.load_1m:.2f} | {others} |"
+        if not run.ok:
+            reason = run.result["reason"].replace("|", "/")
+            lines.append(f"{head} | | | | | | | {tail} {run.result['status']}: {reason} |")
+            continue
+        mine, base = figures[id(run)], bases.get(run.key)
+        cpu_ratio = f"{mine.cpu_ms / base.cpu_ms:.2f}x" if base else "–"
+        wall_ratio = f"{base.images_per_s / mine.images_per_s:.2f}x" if base else "–"
+        note = "; ".join(filter(None, [mismatches.get(id(run)), _attempts_note(run)]))
+        lines.append(
+            f"{head} {mine.images_per_s:.1f} | {mine.cpu_ms:.2f} ±{100 * mine.cpu_spread:.0f}% "
+            f"| {mine.megapixels_per_cpu_s:.1f} | {mine.ttfs_ms:.0f} | {mine.rss_mb:.0f} "
+            f"| {cpu_ratio} | {wall_ratio} | {tail} {note} |"
+        )
+    return lines
+
+
+def _attempts_note(run: Run) -> str:
+    return f"least disturbed of {run.attempts} tries" if run.attempts > 1 else ""
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    git = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "cpu": model,
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git": git.stdout.strip() or "no commit",
+    }
+
+
+def versions(runs: list[Run]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for run in runs:
+        if run.ok:
+            found.setdefault(run.engine, run.result["versions"])
+    return found
+
+
+def markdown(
+    settings: Settings,
+    corpora: list[Corpus],
+    runs: list[Run],
+    meta: dict[str, Any],
+    chart_note: str,
+) -> str:
+    by_name = {corpus.name: corpus for corpus in corpora}
+    lines = [
+        f"# datago benchmark {settings.name}",
+        "",
+        f"Machine: {meta['cpu']}, {meta['cpus_usable']} usable CPUs, {meta['memory_gb']} GB, "
+        f"Linux {meta['kernel']}, Python {meta['python']}, repo {meta['git']}.",
+        f"Passes: {settings.passes} per run, medians shown; first sample of each pass dropped; "
+        f"pil uses DataLoader(num_workers={settings.loader_workers}). Method: bench/compare.py.",
+        "",
+        "| corpus | images | source MP/image | encoded MB |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c.name} | {c.count} | {c.mean_megapixels:.3f} | {c.encoded_mb:.1f} |" for c in corpora
+    ]
+    lines += ["", *table(runs, by_name, settings.ratio_to), ""]
+    lines += [f"- {engine}: {info}" for engine, info in versions(runs).items()]
+    notes = [*failure_notes(runs), chart_note]
+    lines += [f"- {note}" for note in notes if note]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(runs: list[Run], corpora: dict[str, Corpus], path: Path) -> str:
+    """Bar chart per (set, workload): img/s on top, CPU ms/img below. Returns a note."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "chart skipped: matplotlib is not installed (pip install matplotlib)"
+    groups = list(dict.fromkeys((run.set, run.workload) for run in runs))
+    engines = list(dict.fromkeys(run.engine for run in runs))
+    figure, axes = plt.subplots(2, len(groups), figsize=(4 * len(groups), 6), squeeze=False)
+    width = 0.8 / len(engines)
+    cores = sorted({run.cores for run in runs})
+    for column, (set_name, workload) in enumerate(groups):
+        group = [run for run in runs if (run.set, run.workload) == (set_name, workload) and run.ok]
+        for row, metric in enumerate(("images_per_s", "cpu_ms")):
+            axis = axes[row][column]
+            for index, engine in enumerate(engines):
+                values = {
+                    run.cores: getattr(compute_figures(run, corpora[set_name]), metric)
+                    for run in group
+                    if run.engine == engine
+                }
+                positions = [
+                    c + (index - (len(engines) - 1) / 2) * width for c in range(len(cores))
+                ]
+                axis.bar(positions, [values.get(c, 0) for c in cores], width, label=engine)
+            axis.set_xticks(range(len(cores)), [f"{c} core{'s' * (c > 1)}" for c in cores])
+            axis.set_title(f"{set_name} {workload}", fontsize=9)
+            axis.set_ylabel(
+                "img/s (higher is better)" if row == 0 else "CPU ms/img (lower is better)"
+            )
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return ""
+
+
+def write_outputs(settings: Settings, corpora: list[Corpus], runs: list[Run]) -> str:
+    settings.results.mkdir(parents=True, exist_ok=True)
+    stem = settings.results / settings.name
+    meta = machine()
+    chart_note = write_chart(runs, {c.name: c for c in corpora}, stem.with_suffix(".png"))
+    report = markdown(settings, corpora, runs, meta, chart_note)
+    stem.with_suffix(".md").write_text(report)
+    raw = {
+        "machine": meta,
+        "settings": vars(settings),
+        "workloads": {name: WORKLOADS[name] for name in settings.workloads},
+        "corpora": [vars(corpus) for corpus in corpora],
+        "runs": [vars(run) for run in runs],
+    }
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    return report
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def _names(text: str, choices: list[str] | dict[str, Any], what: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in choices]
+    if unknown or not names:
+        raise SystemExit(f"unknown {what} {unknown}; choose from {', '.join(choices)}")
+    return names
+
+
+def parse_settings(argv: list[str] | None) -> Settings:
+    cache_default = Path(
+        os.environ.get("DATAGO_BENCH_CACHE", Path.home() / ".cache" / "datago-bench")
+    )
+    shared_default = Path(os.environ.get("DATAGO_SHARED", REPO_DIR.parent / "shared"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engines", default=",".join(ENGINE_WORKERS), help="comma-separated")
+    parser.add_argument("--sets", default=DEFAULT_SETS, help=f"from {', '.join(COUNTS)}")
+    parser.add_argument(
+        "--workloads", default=DEFAULT_WORKLOADS, help=f"from {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--cores", default="1,2", help="CPU counts to pin each run to")
+    parser.add_argument("--passes", type=int, default=3, help="passes per run (>= 2)")
+    parser.add_argument("--count", type=int, help="images per set (default: 600, tiny64 5000)")
+    parser.add_argument("--quick", action="store_true", help="small corpora for a smoke run")
+    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers for pil")
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=10,
+        help="rerun a run when other processes used more"
+        " than this percentage of its CPUs (see the 'others' column)",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="reruns of a disturbed run")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per run, all passes")
+    parser.add_argument("--ratio-to", default="ours", help="engine the ratio columns compare with")
+    parser.add_argument(
+        "--ours-python",
+        type=Path,
+        default=Path(sys.executable),
+        help="interpreter that imports our datago (default: this one)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=cache_default,
+        help="corpora and the reference venv ($DATAGO_BENCH_CACHE)",
+    )
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=shared_default,
+        help="the shared/ folder with bench/make_corpus.py ($DATAGO_SHARED)",
+    )
+    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--name", default=time.strftime("%Y%m%d-%H%M%S"), help="output file stem")
+    args = parser.parse_args(argv)
+
+    sets = _names(args.sets, COUNTS, "sets")
+    counts = QUICK_COUNTS if args.quick else COUNTS
+    min_count = args.loader_workers + 2  # each DataLoader worker drops its first image
+    if args.passes < 2 or (args.count is not None and args.count < min_count):
+        parser.error(f"--passes must be >= 2 and --count >= {min_count}")
+    cores = [int(c) for c in args.cores.split(",")]
+    usable = len(os.sched_getaffinity(0))
+    if not all(1 <= c <= usable for c in cores):
+        parser.error(f"--cores: each value must be in 1..{usable} (the CPUs this process may use)")
+    _names(args.ratio_to, ENGINE_WORKERS, "--ratio-to engine")
+    return Settings(
+        engines=_names(args.engines, ENGINE_WORKERS, "engines"),
+        sets=sets,
+        workloads=_names(args.workloads, WORKLOADS, "workloads"),
+        cores=cores,
+        passes=args.passes,
+        counts={s: args.count if args.count is not None else counts[s] for s in sets},
+        loader_workers=args.loader_workers,
+        ratio_to=args.ratio_to,
+        max_others=args.max_others / 100,
+        retries=args.retries,
+        timeout_s=args.timeout,
+        ours_python=args.ours_python,
+        cache=args.cache,
+        shared=args.shared,
+        results=args.results,
+        name=args.name,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    corpora, runs = run_all(settings)
+    print(write_outputs(settings, corpora, runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
