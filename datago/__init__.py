@@ -10,6 +10,7 @@ zero-copy NumPy views.
 from __future__ import annotations
 
 from . import logs as logs
+from . import _native as _native_module
 from ._native import ffi as _ffi
 from ._native import lib as _lib
 from .client import DatagoClient, live_cleanup_threads, live_samples
@@ -19,6 +20,17 @@ from .logs import initialize_logging
 from .types import Batch, ImagePayload, LatentPayload, RawImagePayload, Sample
 
 __version__: str = _ffi.string(_lib.datago_version()).decode()
+
+
+def build_info() -> dict[str, object]:
+    """How this libdatago was built: version, ABI, optimize mode, CPU target,
+    decoders, and whether JPEG decoding uses SIMD ("jpeg_simd": "avx2",
+    "sse2" or "none"), plus where the library was loaded from."""
+    import json
+
+    info = json.loads(_ffi.string(_lib.datago_build_info()).decode())
+    info["library"] = str(_native_module.library_path)
+    return info
 
 __all__ = [
     "DatagoClient",
@@ -31,6 +43,7 @@ __all__ = [
     "DatagoIterDataset",
     "RawImagePayload",
     "LatentPayload",
+    "build_info",
     "buckets",
     "fit",
     "transform",

@@ -187,6 +187,13 @@ uint32_t datago_abi_version(void);
 /* The library version, e.g. "0.1.0". Static string. Thread-safe. Never fails. */
 const char *datago_version(void);
 
+/* A JSON object describing the build: version, ABI, optimize mode, CPU
+ * target, the decoders and their versions, whether libjpeg-turbo was built
+ * with its SIMD kernels ("jpeg_simd_built") and which it uses on this CPU
+ * ("jpeg_simd": "avx2", "sse2" or "none"). Owned by the library, valid until
+ * the next call on the same thread. Thread-safe. Never fails. */
+const char *datago_build_info(void);
+
 /* ---- Errors ---------------------------------------------------------------- */
 
 /* The message of the last failed call on this thread, NUL-terminated, or "" if

@@ -503,21 +503,26 @@ pub const Pass = struct {
         defer if (wake_consumers) pass.ready_cond.broadcast(pass.io);
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
-        if (finished) |f| wake_consumers = pass.completeLocked(f.seq, f.result);
+        if (finished) |f| pass.completeLocked(f.seq, f.result);
         while (true) {
             switch (pass.phase) {
                 .done => return null,
                 .listing => {},
                 .running => {
-                    if (pass.dispatched >= pass.plan.len) return null;
-                    if (pass.dispatched < pass.head + pass.slots.len) {
+                    if (pass.dispatched < pass.plan.len and pass.dispatched < pass.head + pass.slots.len) {
                         pass.dispatched += 1;
+                        // Judged after claiming, so that a lone worker about
+                        // to decode the next item does not count as idle.
+                        wake_consumers = pass.consumersShouldWakeLocked();
                         return pass.dispatched - 1;
                     }
                 },
             }
+            // Nothing to claim: this worker sleeps or leaves, so whatever is
+            // ready must not wait for a batch to fill.
+            wake_consumers = pass.consumers_waiting > 0 and pass.ready_run > 0;
+            if (pass.phase == .running and pass.dispatched >= pass.plan.len) return null;
             if (wake_consumers) {
-                // About to sleep: let the consumers in first.
                 pass.ready_cond.broadcast(pass.io);
                 wake_consumers = false;
             }
@@ -525,11 +530,11 @@ pub const Pass = struct {
         }
     }
 
-    /// Stores an outcome; returns whether sleeping consumers should be woken.
-    fn completeLocked(pass: *Pass, seq: u64, result: ProcessResult) bool {
+    /// Stores an outcome in the ring.
+    fn completeLocked(pass: *Pass, seq: u64, result: ProcessResult) void {
         if (pass.phase == .done) {
             if (result.outcome == .ready) result.outcome.ready.destroy();
-            return false;
+            return;
         }
         const c = &pass.counters;
         c.attempted += 1;
@@ -547,7 +552,6 @@ pub const Pass = struct {
             },
         }
         pass.extendReadyRunLocked();
-        return pass.consumersShouldWakeLocked();
     }
 
     fn extendReadyRunLocked(pass: *Pass) void {

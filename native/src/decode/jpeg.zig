@@ -496,3 +496,20 @@ test "encode reports allocation failure without leaking" {
     defer gpa.free(pixels);
     try testing.checkAllAllocationFailures(gpa, encodeForAllocationTest, .{pixels});
 }
+
+extern fn dg_jpeg_simd_flags() c_uint;
+
+/// The SIMD level libjpeg-turbo uses on this CPU: "avx2", "sse2" or "none"
+/// (portable build, or JSIMD_FORCENONE=1; JSIMD_FORCESSE2=1 gives "sse2").
+pub fn simdLevel() []const u8 {
+    var flags = dg_jpeg_simd_flags();
+    if (std.c.getenv("JSIMD_FORCENONE")) |v| if (std.mem.eql(u8, std.mem.span(v), "1")) {
+        flags = 0;
+    };
+    if (std.c.getenv("JSIMD_FORCESSE2")) |v| if (std.mem.eql(u8, std.mem.span(v), "1")) {
+        flags &= 0x08;
+    };
+    if (flags & 0x80 != 0) return "avx2";
+    if (flags & 0x08 != 0) return "sse2";
+    return "none";
+}

@@ -541,3 +541,17 @@ size_t dg_jpeg_struct_size(int which) {
   default: return 0;
   }
 }
+
+/* The SIMD instruction sets libjpeg-turbo found on this CPU (JSIMD_SSE2 0x08,
+ * JSIMD_AVX2 0x80), or 0 in the portable build. Its JSIMD_FORCE* environment
+ * variables narrow the choice further at run time. */
+#ifdef WITH_SIMD
+extern unsigned int jpeg_simd_cpu_support(void);
+#endif
+unsigned int dg_jpeg_simd_flags(void) {
+#ifdef WITH_SIMD
+  return jpeg_simd_cpu_support();
+#else
+  return 0;
+#endif
+}

@@ -140,7 +140,7 @@ fn planJpeg(bytes: []const u8, transform: *const Transform, request: Request, di
     const box_w = geometry.box[2] - geometry.box[0];
     const box_h = geometry.box[3] - geometry.box[1];
     const need = c.dct_scale_margin * @max(@as(f64, @floatFromInt(chosen.size.width)) / box_w, @as(f64, @floatFromInt(chosen.size.height)) / box_h);
-    const scale_num: u8 = @intFromFloat(std.math.clamp(@ceil(8.0 * need - 1e-9), 1.0, 8.0));
+    const scale_num = scaleFor(need);
     const scaled = jpeg.outputSize(header, scale_num);
     // Map the box with the rounded-up scaled size, as libjpeg scales.
     const sx = @as(f64, @floatFromInt(scaled.width)) / @as(f64, @floatFromInt(header.width));
@@ -168,6 +168,16 @@ fn planJpeg(bytes: []const u8, transform: *const Transform, request: Request, di
         .window = .{ .x = x0, .y = y0, .width = x1 - x0, .height = y1 - y0 },
         .box = .{ .left = l - fx0, .top = t - fy0, .right = r - fx0, .bottom = b - fy0 },
     };
+}
+
+/// The smallest of libjpeg's power-of-two scales (1/8, 1/4, 1/2, 1) that is
+/// at least `need`. The other M/8 scales use slower generic IDCTs: on the
+/// 1 MP corpus 7/8 took 5.9 ms and 5/8 3.8 ms against 2.7 ms full size.
+fn scaleFor(need: f64) u8 {
+    for ([_]u8{ 1, 2, 4 }) |m| {
+        if (@as(f64, @floatFromInt(m)) / 8.0 >= need) return m;
+    }
+    return 8;
 }
 
 fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *stats.Timings, clock: *u64, diag: *decoder.Diagnostics) Error!Pixels {
