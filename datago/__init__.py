@@ -9,8 +9,8 @@ zero-copy NumPy views.
 
 from __future__ import annotations
 
-from . import logs as logs
 from . import _native as _native_module
+from . import logs as logs
 from ._native import ffi as _ffi
 from ._native import lib as _lib
 from .client import DatagoClient, live_cleanup_threads, live_samples

@@ -50,10 +50,32 @@ def _find(name: str, candidates: list[Path]) -> Path:
     raise DatagoError(f"cannot find {name} (looked at {tried}); reinstall datago with `pip install .`")
 
 
+# CPU features each optional variant needs (Linux /proc/cpuinfo flag names).
+_VARIANTS = [("libdatago_x86_64_v3.so", {"avx", "avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"})]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def _library_path() -> Path:
+    """DATAGO_LIBRARY if set; else the most specific build this CPU runs
+    (DATAGO_CPU=baseline forces the baseline one); else the source tree's."""
     override = os.environ.get("DATAGO_LIBRARY")
     if override:
         return _find(_LIBRARY_NAME, [Path(override)])
+    if os.environ.get("DATAGO_CPU") != "baseline":
+        flags = _cpu_flags()
+        for name, needs in _VARIANTS:
+            if (_PACKAGE_DIR / name).is_file() and needs <= flags:
+                return _PACKAGE_DIR / name
     return _find(_LIBRARY_NAME, [_PACKAGE_DIR / _LIBRARY_NAME, _SOURCE_TREE / "zig-out" / "lib" / _LIBRARY_NAME])
 
 

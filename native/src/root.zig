@@ -51,6 +51,7 @@ test {
     _ = @import("image/orient.zig");
     _ = @import("image/process.zig");
     _ = @import("image/resize.zig");
+    _ = @import("image/ycc.zig");
     _ = @import("pipeline_test.zig");
     _ = @import("abi_header_test.zig");
 }

@@ -499,6 +499,71 @@ test "encode reports allocation failure without leaking" {
 
 extern fn dg_jpeg_simd_flags() c_uint;
 
+const CPlanes = extern struct {
+    width: [3]u32,
+    height: [3]u32,
+    rows: [3]u32,
+    h_ratio: u32,
+    v_ratio: u32,
+    eligible: u32,
+};
+
+extern fn dg_jpeg_planes_layout(data: [*]const u8, len: usize, scale_num: u32, planes: *CPlanes, report: *CReport) c_int;
+extern fn dg_jpeg_decode_planes(
+    data: [*]const u8,
+    len: usize,
+    scale_num: u32,
+    row_begin: u32,
+    row_end: u32,
+    out: *const [3][*]u8,
+    stride: *const [3]usize,
+    report: *CReport,
+) c_int;
+
+/// The component planes of a subsampled YCbCr JPEG (4:2:0 or 4:2:2) at a
+/// DCT scale, as `decodePlanes` returns them: Y then Cb, Cr.
+pub const Planes = struct {
+    width: [3]u32,
+    height: [3]u32,
+    /// Luma pixels per chroma pixel of the output planes (1 or 2 each way;
+    /// DCT scaling can make chroma full size).
+    h_factor: u32,
+    v_factor: u32,
+};
+
+/// The plane layout at scale_num/8, or null for files the planar path does
+/// not take (gray, CMYK, 4:4:4, unusual sampling).
+pub fn planesLayout(bytes: []const u8, scale_num: u8, diag: ?*Diagnostics) Error!?Planes {
+    var c: CPlanes = undefined;
+    var report: CReport = undefined;
+    try check(dg_jpeg_planes_layout(bytes.ptr, bytes.len, scale_num, &c, &report), &report, diag);
+    if (c.eligible == 0) return null;
+    return .{ .width = c.width, .height = c.height, .h_factor = c.h_ratio, .v_factor = c.v_ratio };
+}
+
+/// Decodes luma rows [row_begin, row_end) into `out[0]` and the chroma rows
+/// covering them ([row_begin / v, ceil(row_end / v))) into `out[1]`,
+/// `out[2]`; every row is the plane's full width, `stride[c]` bytes apart.
+/// Asserts (caller bugs) that the buffers hold those rows.
+pub fn decodePlanes(
+    bytes: []const u8,
+    scale_num: u8,
+    layout: Planes,
+    row_begin: u32,
+    row_end: u32,
+    out: [3][]u8,
+    stride: [3]usize,
+    diag: ?*Diagnostics,
+) Error!void {
+    std.debug.assert(row_begin < row_end and row_end <= layout.height[0]);
+    const chroma_rows = (row_end + layout.v_factor - 1) / layout.v_factor - row_begin / layout.v_factor;
+    std.debug.assert(out[0].len >= (row_end - row_begin - 1) * stride[0] + layout.width[0]);
+    for (1..3) |c| std.debug.assert(out[c].len >= (@min(chroma_rows, layout.height[c]) - 1) * stride[c] + layout.width[c]);
+    var report: CReport = undefined;
+    const pointers: [3][*]u8 = .{ out[0].ptr, out[1].ptr, out[2].ptr };
+    try check(dg_jpeg_decode_planes(bytes.ptr, bytes.len, scale_num, row_begin, row_end, &pointers, &stride, &report), &report, diag);
+}
+
 /// The SIMD level libjpeg-turbo uses on this CPU: "avx2", "sse2" or "none"
 /// (portable build, or JSIMD_FORCENONE=1; JSIMD_FORCESSE2=1 gives "sse2").
 pub fn simdLevel() []const u8 {

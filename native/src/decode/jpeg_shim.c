@@ -555,3 +555,152 @@ unsigned int dg_jpeg_simd_flags(void) {
   return 0;
 #endif
 }
+
+/* ---- Planar decode (jpeg_read_raw_data) ----------------------------------
+ * For a subsampled YCbCr file, the component planes as stored: no chroma
+ * upsampling and no colour conversion at full size. The caller resamples the
+ * planes straight into the output size and converts colour there, which is
+ * cheaper when the output is smaller than the image. */
+
+/* Mirrors jpeg.zig's CPlanes. */
+typedef struct dg_jpeg_planes {
+  uint32_t width[3];      /* each plane's size at the chosen scale */
+  uint32_t height[3];
+  uint32_t rows[3];       /* each plane's rows per jpeg_read_raw_data call */
+  uint32_t h_ratio;       /* luma pixels per chroma pixel in the output planes: */
+  uint32_t v_ratio;       /*   1 or 2 (scaling may upscale chroma in the IDCT) */
+  uint32_t eligible;      /* YCbCr, 3 components, chroma 1x1 and Y 2x2 or 2x1 */
+} dg_jpeg_planes;
+
+static int dg_planes_setup(struct jpeg_decompress_struct *cinfo, uint32_t scale_num, dg_jpeg_planes *planes,
+                           dg_jpeg_report *report) {
+  int c;
+  int status = dg_check_supported(cinfo, report);
+  if (status != DG_JPEG_OK) return status;
+  memset(planes, 0, sizeof(*planes));
+  if (cinfo->jpeg_color_space != JCS_YCbCr || cinfo->num_components != 3) return DG_JPEG_OK;
+  if (cinfo->comp_info[1].h_samp_factor != 1 || cinfo->comp_info[1].v_samp_factor != 1 ||
+      cinfo->comp_info[2].h_samp_factor != 1 || cinfo->comp_info[2].v_samp_factor != 1 ||
+      cinfo->comp_info[0].h_samp_factor != 2 || cinfo->comp_info[0].v_samp_factor > 2)
+    return DG_JPEG_OK;
+  cinfo->scale_num = scale_num;
+  cinfo->scale_denom = 8;
+  cinfo->dct_method = JDCT_ISLOW;
+  cinfo->raw_data_out = TRUE;
+  cinfo->do_fancy_upsampling = FALSE;
+  cinfo->do_block_smoothing = TRUE;
+  cinfo->out_color_space = JCS_YCbCr;
+  jpeg_start_decompress(cinfo);
+  for (c = 0; c < 3; c++) {
+    jpeg_component_info *comp = &cinfo->comp_info[c];
+    planes->width[c] = comp->downsampled_width;
+    planes->height[c] = comp->downsampled_height;
+    /* With DCT scaling libjpeg may scale chroma up in its IDCT instead of
+     * upsampling (jdmaster.c), so a plane's rows per call and its ratio to
+     * luma follow the component's DCT_scaled_size, not only its factors. */
+    planes->rows[c] = (uint32_t)(comp->v_samp_factor * comp->DCT_scaled_size);
+  }
+  planes->h_ratio = (uint32_t)(cinfo->comp_info[0].h_samp_factor * cinfo->comp_info[0].DCT_scaled_size) /
+                    (uint32_t)(cinfo->comp_info[1].h_samp_factor * cinfo->comp_info[1].DCT_scaled_size);
+  planes->v_ratio = planes->rows[0] / planes->rows[1];
+  planes->eligible = (planes->h_ratio == 1 || planes->h_ratio == 2) && (planes->v_ratio == 1 || planes->v_ratio == 2) &&
+                     planes->rows[1] == planes->rows[2];
+  return DG_JPEG_OK;
+}
+
+/* The plane layout of the JPEG in data[0..len] at scale_num/8, without
+ * decoding pixels. planes->eligible is 0 for files this path does not take. */
+int dg_jpeg_planes_layout(const uint8_t *data, size_t len, uint32_t scale_num, dg_jpeg_planes *planes,
+                          dg_jpeg_report *report) {
+  struct jpeg_decompress_struct cinfo;
+  dg_error_mgr err;
+  int status;
+  memset(&cinfo, 0, sizeof(cinfo));
+  dg_init_error(&err, report, 0);
+  cinfo.err = &err.pub;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return report->status;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, (unsigned long)len);
+  jpeg_read_header(&cinfo, TRUE);
+  status = dg_planes_setup(&cinfo, scale_num, planes, report);
+  jpeg_destroy_decompress(&cinfo);
+  return status;
+}
+
+/* Decodes luma rows [row_begin, row_end) of the planes (and the chroma rows
+ * they cover: [row_begin / v, ceil(row_end / v)) with v the luma's vertical
+ * factor) into out[c], rows stride[c] bytes apart, each row the plane's full
+ * width. Rows above row_begin are decoded and dropped; decoding stops after
+ * row_end. The layout must be the one dg_jpeg_planes_layout reported (else
+ * DG_JPEG_BAD_ARGUMENT). */
+int dg_jpeg_decode_planes(const uint8_t *data, size_t len, uint32_t scale_num, uint32_t row_begin,
+                          uint32_t row_end, uint8_t *const out[3], const size_t stride[3],
+                          dg_jpeg_report *report) {
+  struct jpeg_decompress_struct cinfo;
+  struct jpeg_progress_mgr progress;
+  dg_error_mgr err;
+  dg_jpeg_planes planes;
+  JSAMPARRAY rows[3] = { NULL, NULL, NULL };
+  JSAMPIMAGE image;
+  uint32_t v, c, first_chroma, done_rows;
+  int status;
+
+  memset(&cinfo, 0, sizeof(cinfo));
+  dg_init_error(&err, report, 0);
+  cinfo.err = &err.pub;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return report->status;
+  }
+  jpeg_create_decompress(&cinfo);
+  progress.progress_monitor = dg_progress_monitor;
+  cinfo.progress = &progress;
+  jpeg_mem_src(&cinfo, data, (unsigned long)len);
+  jpeg_read_header(&cinfo, TRUE);
+  status = dg_planes_setup(&cinfo, scale_num, &planes, report);
+  if (status != DG_JPEG_OK) goto done;
+  if (!planes.eligible || row_begin >= row_end || row_end > planes.height[0]) {
+    dg_set_message(report, "planar decode: file or row range not eligible");
+    status = DG_JPEG_BAD_ARGUMENT;
+    goto done;
+  }
+  v = planes.v_ratio;
+  first_chroma = row_begin / v;
+  /* One iMCU row of each component: libjpeg writes into these row arrays. */
+  image = (JSAMPIMAGE)(*cinfo.mem->alloc_small)((j_common_ptr)&cinfo, JPOOL_IMAGE, 3 * sizeof(JSAMPARRAY));
+  for (c = 0; c < 3; c++) {
+    rows[c] = (*cinfo.mem->alloc_sarray)((j_common_ptr)&cinfo, JPOOL_IMAGE,
+                                         (JDIMENSION)cinfo.comp_info[c].width_in_blocks *
+                                             (JDIMENSION)cinfo.comp_info[c].DCT_scaled_size,
+                                         planes.rows[c]);
+    image[c] = rows[c];
+  }
+  for (done_rows = 0; done_rows < row_end; done_rows += planes.rows[0]) {
+    if (jpeg_read_raw_data(&cinfo, image, planes.rows[0]) == 0) {
+      dg_set_message(report, "JPEG decoder returned no rows");
+      status = DG_JPEG_CORRUPT;
+      goto done;
+    }
+    for (c = 0; c < 3; c++) {
+      uint32_t per_call = planes.rows[c];
+      uint32_t base = done_rows / planes.rows[0] * per_call;
+      uint32_t lo = c == 0 ? row_begin : first_chroma;
+      uint32_t hi = c == 0 ? row_end : (row_end + v - 1) / v;
+      uint32_t r;
+      if (hi > planes.height[c]) hi = planes.height[c];
+      for (r = 0; r < per_call; r++) {
+        uint32_t plane_row = base + r;
+        if (plane_row < lo || plane_row >= hi) continue;
+        memcpy(out[c] + (size_t)(plane_row - lo) * stride[c], image[c][r], planes.width[c]);
+      }
+    }
+  }
+  status = DG_JPEG_OK;
+
+done:
+  jpeg_destroy_decompress(&cinfo);
+  return status;
+}

@@ -14,6 +14,7 @@ const bucket = @import("bucket.zig");
 const convert = @import("convert.zig");
 const orient = @import("orient.zig");
 const resize = @import("resize.zig");
+const ycc = @import("ycc.zig");
 const stats = @import("../stats.zig");
 const buffers = @import("../buffers.zig");
 
@@ -181,6 +182,14 @@ fn scaleFor(need: f64) u8 {
 }
 
 fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *stats.Timings, clock: *u64, diag: *decoder.Diagnostics) Error!Pixels {
+    // Planes pay off when the output is smaller than the (scaled) box: the
+    // colour conversion and chroma upsampling then run on fewer pixels.
+    // Upscaling three planes costs more than one RGB image (bench/dct_scaling.py).
+    const downscale = plan.box.right - plan.box.left > @as(f64, @floatFromInt(plan.bucket.size.width)) and
+        plan.box.bottom - plan.box.top > @as(f64, @floatFromInt(plan.bucket.size.height));
+    if (downscale and plan.header.color_space == .ycbcr and plan.header.components == 3) {
+        if (try decodePlanar(gpa, bytes, plan, timings, clock, diag)) |pixels| return pixels;
+    }
     const channels = jpeg.outputChannels(plan.header);
     const window_len = @as(usize, plan.window.width) * plan.window.height * channels;
     const window = Pixels.alloc(gpa, window_len) catch return error.NoMemory;
@@ -209,6 +218,80 @@ fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *s
         .width = size.width,
         .height = size.height,
         .channels = channels,
+        .bit_depth = 8,
+        .original_width = plan.header.width,
+        .original_height = plan.header.height,
+        .crop = plan.geometry.box,
+        .scale = plan.geometry.scale,
+    };
+}
+
+/// Subsampled YCbCr (4:2:0, 4:2:2): decode the planes as stored (no chroma
+/// upsampling, no colour conversion at full size), resample each plane
+/// straight into the bucket, convert colour at the output size. Null for
+/// files the planar path does not take.
+fn decodePlanar(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *stats.Timings, clock: *u64, diag: *decoder.Diagnostics) Error!?Pixels {
+    var jdiag: jpeg.Diagnostics = .{};
+    const layout = (jpeg.planesLayout(bytes, plan.scale_num, &jdiag) catch |err| return decoder.jpegError(err, &jdiag, diag)) orelse return null;
+    const size = plan.bucket.size;
+    const hf: f64 = @floatFromInt(layout.h_factor);
+    const vf: f64 = @floatFromInt(layout.v_factor);
+    // The box in luma pixels of the scaled image.
+    const wx: f64 = @floatFromInt(plan.window.x);
+    const wy: f64 = @floatFromInt(plan.window.y);
+    const l = plan.box.left + wx;
+    const t = plan.box.top + wy;
+    const r = plan.box.right + wx;
+    const b = plan.box.bottom + wy;
+    // Rows every luma and chroma tap reaches, in luma rows, aligned to the
+    // chroma rows they start at.
+    const out_h: f64 = @floatFromInt(size.height);
+    const margin_y = @ceil(3.0 * @max((b - t) / out_h, 1.0)) + 1;
+    const margin_c = @ceil(3.0 * @max((b - t) / vf / out_h, 1.0)) + 1;
+    const luma_h: f64 = @floatFromInt(layout.height[0]);
+    const top = @max(0, @min(t - margin_y, (t / vf - margin_c) * vf));
+    const bottom = @min(luma_h, @max(b + margin_y, (b / vf + margin_c) * vf));
+    const v = layout.v_factor;
+    const y0: u32 = @as(u32, @intFromFloat(@floor(top))) / v * v;
+    const y1: u32 = @intFromFloat(@ceil(bottom));
+    if (y1 <= y0) return null;
+    const c0 = y0 / v;
+    const chroma_rows = @min((y1 + v - 1) / v, layout.height[1]) - c0;
+
+    const widths = layout.width;
+    const row_counts = [3]u32{ y1 - y0, chroma_rows, chroma_rows };
+    var planes: [3][]align(16) u8 = .{ &.{}, &.{}, &.{} };
+    defer for (planes) |plane| buffers.free(gpa, plane);
+    for (&planes, widths, row_counts) |*plane, w, rows| plane.* = buffers.alloc(gpa, @as(usize, w) * rows) catch return error.NoMemory;
+    jpeg.decodePlanes(bytes, plan.scale_num, layout, y0, y1, .{ planes[0], planes[1], planes[2] }, .{ widths[0], widths[1], widths[2] }, &jdiag) catch |err| {
+        timings.ns.set(.decode, lap(clock));
+        return decoder.jpegError(err, &jdiag, diag);
+    };
+    timings.ns.set(.decode, lap(clock));
+    try decoder.checkJpegWarnings(&jdiag, diag);
+
+    const out_len = @as(usize, size.width) * size.height;
+    var resized: [3][]align(16) u8 = .{ &.{}, &.{}, &.{} };
+    defer for (resized) |plane| buffers.free(gpa, plane);
+    const fy0: f64 = @floatFromInt(y0);
+    const fc0: f64 = @floatFromInt(c0);
+    const boxes = [3]resize.Box{
+        .{ .left = l, .top = t - fy0, .right = r, .bottom = b - fy0 },
+        .{ .left = l / hf, .top = t / vf - fc0, .right = r / hf, .bottom = b / vf - fc0 },
+        .{ .left = l / hf, .top = t / vf - fc0, .right = r / hf, .bottom = b / vf - fc0 },
+    };
+    for (&resized, planes, widths, row_counts, boxes) |*out, plane, w, rows, box| {
+        out.* = buffers.alloc(gpa, out_len) catch return error.NoMemory;
+        resize.resize(gpa, .{ .pixels = plane, .width = w, .height = rows, .channels = 1, .bit_depth = 8, .stride_bytes = w }, box, size.width, size.height, .lanczos3, .straight, out.*) catch return error.NoMemory;
+    }
+    const rgb = Pixels.alloc(gpa, out_len * 3) catch return error.NoMemory;
+    ycc.toRgb(resized[0], resized[1], resized[2], rgb);
+    return .{
+        .data = rgb,
+        .backing = rgb,
+        .width = size.width,
+        .height = size.height,
+        .channels = 3,
         .bit_depth = 8,
         .original_width = plan.header.width,
         .original_height = plan.header.height,
