@@ -13,7 +13,7 @@ const runtime = @import("runtime.zig");
 const Allocator = std.mem.Allocator;
 
 pub const alignment: std.mem.Alignment = .@"16";
-pub const pooled_bytes_min = 16 * 1024;
+pub const pooled_bytes_min = 4 * 1024;
 pub const pooled_bytes_max = 64 * 1024 * 1024;
 const class_count = 4 * 48;
 
