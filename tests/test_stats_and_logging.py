@@ -127,3 +127,13 @@ def test_periodic_progress_lines(tmp_path: Path) -> None:
     progress = [line for line in result.stderr.splitlines() if "samples delivered (" in line]
     assert progress and "datago.pipeline INFO pass 0:" in progress[-1], result.stderr
     assert "img/s" in progress[-1] and "failed (most frequent: not_image)" in progress[-1]
+
+
+def test_collect_stats_false_keeps_counters_but_no_timings(tmp_path: Path) -> None:
+    root = corpus(tmp_path / "c")
+    with datago.DatagoClient(file_config(root, collect_stats=False)) as client:
+        drain(client)
+        stats = client.stats()
+    assert stats["delivered"] == 11 and stats["errors"]["not_image"] == 3  # huge.png fits max_pixels here
+    assert all(stage["count"] == 0 for stage in stats["stages"].values())
+    assert stats["consumer_wait"]["count"] == 0

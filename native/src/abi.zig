@@ -59,6 +59,17 @@ export fn datago_loader_open(config_json: ?[*]const u8, config_len: usize, loade
 
 /// Checks a handle passed by the caller; null when it is NULL or inherited
 /// across fork (its threads do not exist in this process).
+fn startError(err: error{ OutOfMemory, ThreadSpawnFailed }, comptime call: []const u8) Status {
+    return switch (err) {
+        error.OutOfMemory => fail(.err_no_memory, call ++ ": out of memory", .{}),
+        error.ThreadSpawnFailed => fail(.err_no_memory, call ++ ": could not start any worker thread", .{}),
+    };
+}
+
+fn internalError() Status {
+    return fail(.err_internal, "a datago worker thread hit an internal safety check (a bug in libdatago; its message is on stderr); this pass is lost", .{});
+}
+
 fn checkLoader(loader: ?*Loader, comptime call: []const u8, status: *Status) ?*Loader {
     const l = loader orelse {
         status.* = fail(.err_argument, call ++ ": loader is NULL", .{});
@@ -75,10 +86,7 @@ fn checkLoader(loader: ?*Loader, comptime call: []const u8, status: *Status) ?*L
 export fn datago_loader_start(loader: ?*Loader) Status {
     var status: Status = .ok;
     const l = checkLoader(loader, "datago_loader_start", &status) orelse return status;
-    l.start() catch |err| return switch (err) {
-        error.OutOfMemory => fail(.err_no_memory, "datago_loader_start: out of memory", .{}),
-        error.ThreadSpawnFailed => fail(.err_no_memory, "datago_loader_start: could not start any worker thread", .{}),
-    };
+    l.start() catch |err| return startError(err, "datago_loader_start");
     return .ok;
 }
 
@@ -89,10 +97,7 @@ export fn datago_loader_next(loader: ?*Loader, timeout_ms: i64, sample_out: ?*?*
     const l = checkLoader(loader, "datago_loader_next", &status) orelse return status;
     if (l.config().batch_size != null) return fail(.err_misuse, "datago_loader_next: this loader makes batches (batch_size); use datago_loader_next_batch", .{});
     var message: [1024]u8 = undefined;
-    const result = l.next(timeout_ms, &message) catch |err| return switch (err) {
-        error.OutOfMemory => fail(.err_no_memory, "datago_loader_next: out of memory", .{}),
-        error.ThreadSpawnFailed => fail(.err_no_memory, "datago_loader_next: could not start any worker thread", .{}),
-    };
+    const result = l.next(timeout_ms, &message) catch |err| return startError(err, "datago_loader_next");
     switch (result) {
         .sample => |s| {
             out.* = s.handOut();
@@ -101,7 +106,7 @@ export fn datago_loader_next(loader: ?*Loader, timeout_ms: i64, sample_out: ?*?*
         .end => return .end,
         .timeout => return .timeout,
         .source_error => |text| return fail(.err_source, "{s}", .{text}),
-        .internal_error => return fail(.err_internal, "a datago worker thread hit an internal safety check (a bug in libdatago; its message is on stderr); this pass is lost", .{}),
+        .internal_error => return internalError(),
     }
 }
 
@@ -152,10 +157,7 @@ export fn datago_loader_next_batch(loader: ?*Loader, timeout_ms: i64, batch_out:
     const l = checkLoader(loader, "datago_loader_next_batch", &status) orelse return status;
     if (l.config().batch_size == null) return fail(.err_misuse, "datago_loader_next_batch: this loader has no batch_size; use datago_loader_next", .{});
     var message: [1024]u8 = undefined;
-    const result = l.nextBatch(timeout_ms, &message) catch |err| return switch (err) {
-        error.OutOfMemory => fail(.err_no_memory, "datago_loader_next_batch: out of memory", .{}),
-        error.ThreadSpawnFailed => fail(.err_no_memory, "datago_loader_next_batch: could not start any worker thread", .{}),
-    };
+    const result = l.nextBatch(timeout_ms, &message) catch |err| return startError(err, "datago_loader_next_batch");
     switch (result) {
         .batch => |b| {
             out.* = b.handOut();
@@ -164,7 +166,7 @@ export fn datago_loader_next_batch(loader: ?*Loader, timeout_ms: i64, batch_out:
         .end => return .end,
         .timeout => return .timeout,
         .source_error => |text| return fail(.err_source, "{s}", .{text}),
-        .internal_error => return fail(.err_internal, "a datago worker thread hit an internal safety check (a bug in libdatago; its message is on stderr); this pass is lost", .{}),
+        .internal_error => return internalError(),
     }
 }
 

@@ -75,6 +75,8 @@ pub const Config = struct {
     epoch: u64 = 0,
     /// Seconds between INFO progress lines during a pass; 0 turns them off.
     log_interval_s: f64 = 60,
+    /// Per-stage timings in the stats (counters are always kept).
+    collect_stats: bool = true,
 };
 
 /// A parsed configuration and the arena that owns its strings.
@@ -207,6 +209,7 @@ const Parser = struct {
         }
         config.drop_last = try p.optBool(object, "", "drop_last") orelse false;
         config.epoch = try p.optInt(u64, object, "", "epoch") orelse 0;
+        config.collect_stats = try p.optBool(object, "", "collect_stats") orelse true;
         if (try p.optNumber(object, "", "log_interval_s")) |t| {
             if (!(t >= 0) or !std.math.isFinite(t)) return p.fail("log_interval_s: must be a non-negative number of seconds, got {d}", .{t});
             config.log_interval_s = t;
@@ -242,6 +245,7 @@ const Parser = struct {
             "samples_buffer_size",  "prefetch_buffer_size", "num_threads", "timeout_s",
             "max_pixels",           "max_error_fraction", "batch_size",   "drop_last",
             "worker_id",            "num_workers",          "epoch",        "log_interval_s",
+            "collect_stats",
         });
         return config;
     }

@@ -266,7 +266,7 @@ pub const Pass = struct {
         defer if (wake_workers) pass.work_cond.broadcast(io);
         pass.mutex.lockUncancelable(io);
         defer pass.mutex.unlock(io);
-        const wait_started = runtime.monotonicNs();
+        const wait_started = if (pass.config.collect_stats) runtime.monotonicNs() else 0;
         const deadline: Io.Timeout = if (timeout_ms < 0) .none else Io.Timeout.toDeadline(.{ .duration = .{
             .raw = .fromMilliseconds(timeout_ms),
             .clock = .awake,
@@ -292,7 +292,7 @@ pub const Pass = struct {
                         wake_workers = pass.workersShouldWakeLocked();
                         pass.counters.delivered += 1;
                         pass.counters.bytes_delivered += s.c.image.data_len;
-                        pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
+                        if (pass.config.collect_stats) pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
                         pass.reportProgressLocked();
                         return .{ .sample = s };
                     },
@@ -602,11 +602,12 @@ pub const Pass = struct {
         files.joinInto(path, pass.root_path, relative);
 
         var diag: decoder.Diagnostics = .{};
-        var clock = runtime.monotonicNs();
+        result.timings.enabled = pass.config.collect_stats;
+        var clock = result.timings.start();
         const processed = blk: {
             const bytes = scratch.readFile(pass.gpa, pass.io, path, &diag) catch |err| break :blk err;
             result.timings.bytes_read = bytes.len;
-            result.timings.ns.set(.read, lap(&clock));
+            result.timings.lap(.read, &clock);
             break :blk image_process.run(pass.gpa, bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag);
         } catch |err| {
             pass.logFailure(path, diag.text());
@@ -651,11 +652,6 @@ pub const Pass = struct {
     }
 };
 
-fn lap(clock: *u64) u64 {
-    const now = runtime.monotonicNs();
-    defer clock.* = now;
-    return now - clock.*;
-}
 
 fn exceeds(failed: u64, attempted: u64, fraction: f64) bool {
     if (attempted == 0) return false;

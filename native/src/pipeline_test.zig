@@ -9,22 +9,7 @@ const loader_mod = @import("loader.zig");
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 
-/// A 24-bit BMP of w x h whose every pixel is (value, value, value).
-fn bmp(buffer: []u8, w: u32, h: u32, value: u8) []u8 {
-    const row = (w * 3 + 3) & ~@as(u32, 3);
-    const size = 54 + row * h;
-    @memset(buffer[0..size], 0);
-    @memcpy(buffer[0..2], "BM");
-    std.mem.writeInt(u32, buffer[2..6], size, .little);
-    std.mem.writeInt(u32, buffer[10..14], 54, .little);
-    std.mem.writeInt(u32, buffer[14..18], 40, .little);
-    std.mem.writeInt(i32, buffer[18..22], @intCast(w), .little);
-    std.mem.writeInt(i32, buffer[22..26], @intCast(h), .little);
-    std.mem.writeInt(u16, buffer[26..28], 1, .little);
-    std.mem.writeInt(u16, buffer[28..30], 24, .little);
-    for (0..h) |y| @memset(buffer[54 + y * row ..][0 .. w * 3], value);
-    return buffer[0..size];
-}
+const bmp = @import("test_images.zig").bmp;
 
 const Fixture = struct {
     tmp: testing.TmpDir,
@@ -38,7 +23,7 @@ const Fixture = struct {
         var name: [32]u8 = undefined;
         for (0..good) |i| {
             const file_name = try std.fmt.bufPrint(&name, "img{d:0>4}.bmp", .{i});
-            try tmp.dir.writeFile(io, .{ .sub_path = file_name, .data = bmp(&buffer, 3, 2, @intCast(i % 256)) });
+            try tmp.dir.writeFile(io, .{ .sub_path = file_name, .data = bmp(&buffer, 3, 2, .{ .value = @intCast(i % 256) }) });
         }
         for (0..bad) |i| {
             const file_name = try std.fmt.bufPrint(&name, "bad{d:0>4}.png", .{i});

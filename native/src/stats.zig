@@ -3,6 +3,7 @@
 //! result, and histograms are fixed arrays of log-spaced buckets.
 const std = @import("std");
 const decoder = @import("decode/decoder.zig");
+const runtime = @import("runtime.zig");
 
 /// Stages a sample goes through on a worker.
 pub const Stage = enum { read, decode, transform, encode };
@@ -68,6 +69,22 @@ pub const Histogram = struct {
 pub const Timings = struct {
     ns: std.EnumArray(Stage, ?u64) = .initFill(null),
     bytes_read: u64 = 0,
+    /// collect_stats: false skips the clock reads (bench/stats_cost.py
+    /// measures what they cost).
+    enabled: bool = true,
+
+    /// A clock to lap from (0 when disabled).
+    pub fn start(self: *const Timings) u64 {
+        return if (self.enabled) runtime.monotonicNs() else 0;
+    }
+
+    /// Records the time since `clock` for `stage` and restarts the clock.
+    pub fn lap(self: *Timings, stage: Stage, clock: *u64) void {
+        if (!self.enabled) return;
+        const t = runtime.monotonicNs();
+        self.ns.set(stage, t - clock.*);
+        clock.* = t;
+    }
 };
 
 pub const Counters = struct {

@@ -73,7 +73,7 @@ pub fn run(
     diag: *decoder.Diagnostics,
 ) Error!Result {
     const c = &transform.config;
-    var clock = now();
+    var clock = timings.start();
     var key: ?i64 = null;
     var image: Pixels = undefined;
     if (try planJpeg(bytes, transform, request, diag)) |plan| {
@@ -83,10 +83,10 @@ pub fn run(
         key = plan.bucket.key_milli;
     } else {
         image = decoder.decode(gpa, bytes, request.max_pixels, diag) catch |err| {
-            timings.ns.set(.decode, lap(&clock));
+            timings.lap(.decode, &clock);
             return err;
         };
-        timings.ns.set(.decode, lap(&clock));
+        timings.lap(.decode, &clock);
         errdefer image.deinit(gpa);
         if (c.exif_transpose) try applyOrientation(gpa, &image, decoder.exifOrientation(bytes));
         if (transform.table) |*table| {
@@ -100,12 +100,12 @@ pub fn run(
         const rgb = convert.toRgb8(gpa, viewOf(&image)) catch return error.NoMemory;
         replace(gpa, &image, rgb, 3, 8);
     }
-    timings.ns.set(.transform, lap(&clock));
+    timings.lap(.transform, &clock);
 
     if (c.pre_encode_images) {
         const format: config_mod.EncodeFormat = if (request.role == .mask) .png else c.encode_format;
         try encodeInPlace(gpa, &image, format, c.jpeg_quality, diag);
-        timings.ns.set(.encode, lap(&clock));
+        timings.lap(.encode, &clock);
     }
     return .{ .pixels = image, .bucket_key = key };
 }
@@ -196,10 +196,10 @@ fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *s
     defer buffers.free(gpa, window);
     var jdiag: jpeg.Diagnostics = .{};
     jpeg.decode(bytes, .{ .scale_num = plan.scale_num, .crop = plan.window }, window, &jdiag) catch |err| {
-        timings.ns.set(.decode, lap(clock));
+        timings.lap(.decode, clock);
         return decoder.jpegError(err, &jdiag, diag);
     };
-    timings.ns.set(.decode, lap(clock));
+    timings.lap(.decode, clock);
     try decoder.checkJpegWarnings(&jdiag, diag);
     const size = plan.bucket.size;
     const out = Pixels.alloc(gpa, @as(usize, size.width) * size.height * channels) catch return error.NoMemory;
@@ -264,10 +264,10 @@ fn decodePlanar(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *sta
     defer for (planes) |plane| buffers.free(gpa, plane);
     for (&planes, widths, row_counts) |*plane, w, rows| plane.* = buffers.alloc(gpa, @as(usize, w) * rows) catch return error.NoMemory;
     jpeg.decodePlanes(bytes, plan.scale_num, layout, y0, y1, .{ planes[0], planes[1], planes[2] }, .{ widths[0], widths[1], widths[2] }, &jdiag) catch |err| {
-        timings.ns.set(.decode, lap(clock));
+        timings.lap(.decode, clock);
         return decoder.jpegError(err, &jdiag, diag);
     };
-    timings.ns.set(.decode, lap(clock));
+    timings.lap(.decode, clock);
     try decoder.checkJpegWarnings(&jdiag, diag);
 
     const out_len = @as(usize, size.width) * size.height;
@@ -390,42 +390,14 @@ fn encodeInPlace(gpa: Allocator, image: *Pixels, format: config_mod.EncodeFormat
     image.encoding = if (format == .png) .png else .jpeg;
 }
 
-fn now() u64 {
-    return @import("../runtime.zig").monotonicNs();
-}
-
-fn lap(clock: *u64) u64 {
-    const t = now();
-    defer clock.* = t;
-    return t - clock.*;
-}
-
 const testing = std.testing;
-
-fn bmp(buffer: []u8, w: u32, h: u32) []u8 {
-    const row = (w * 3 + 3) & ~@as(u32, 3);
-    const size = 54 + row * h;
-    @memset(buffer[0..size], 0);
-    @memcpy(buffer[0..2], "BM");
-    std.mem.writeInt(u32, buffer[2..6], size, .little);
-    std.mem.writeInt(u32, buffer[10..14], 54, .little);
-    std.mem.writeInt(u32, buffer[14..18], 40, .little);
-    std.mem.writeInt(i32, buffer[18..22], @intCast(w), .little);
-    std.mem.writeInt(i32, buffer[22..26], @intCast(h), .little);
-    std.mem.writeInt(u16, buffer[26..28], 1, .little);
-    std.mem.writeInt(u16, buffer[28..30], 24, .little);
-    for (0..h) |y| for (0..w * 3) |i| {
-        buffer[54 + y * row + i] = @intCast((y * 7 + i * 13) % 256);
-    };
-    return buffer[0..size];
-}
 
 test "bucketed, converted and encoded without leaks" {
     const alloc_hooks = @import("../alloc_hooks.zig");
     alloc_hooks.allocator = testing.allocator;
     defer alloc_hooks.allocator = null;
     var buffer: [54 + 64 * 31]u8 = undefined;
-    const file = bmp(&buffer, 21, 31);
+    const file = @import("../test_images.zig").bmp(&buffer, 21, 31, .gradient);
     var transform = try Transform.init(testing.allocator, .{
         .crop_and_resize = true,
         .default_image_size = 64,

@@ -298,14 +298,20 @@ fn Plan(comptime Weight: type) type {
     };
 }
 
-/// The 8-bit horizontal plan: fixed-point weights per tap, and the scratch
-/// of `horizontalBand`, which filters `band_rows` rows at once in chunks of
+/// The 8-bit horizontal plan: fixed-point weights per tap, the same weights
+/// as pmaddwd word pairs (`pairWeight`), and the scratch of
+/// `horizontalBand`, which filters `band_rows` rows at once in chunks of
 /// outputs whose windows cover at most `columns.len` source samples.
 const Horizontal8 = struct {
     taps: Plan(i32),
+    /// `pairWeight` of every weight in `taps`, laid out alike; zero past
+    /// each window.
+    pairs: []i32,
+    /// Per output: whether every one of its weights has a pair.
+    paired: []bool,
     /// One chunk's source samples, transposed (see `transposeIn`).
-    columns: []BandSums,
-    /// One chunk's outputs, transposed the same way.
+    columns: []Column,
+    /// One chunk's outputs, transposed the same way, as bytes.
     tile: []BandBytes,
     /// Output pixels per chunk, at most.
     chunk_outputs: usize,
@@ -314,17 +320,37 @@ const Horizontal8 = struct {
     fn init(gpa: std.mem.Allocator, taps: Taps, channels: u8) Error!Horizontal8 {
         var plan: Plan(i32) = try .init(gpa, taps);
         errdefer plan.deinit(gpa);
+        const outputs = plan.first.len;
+        // `horizontalBand` relies on windows that only move forward.
+        for (plan.first[1..], plan.count[1..], plan.first[0 .. outputs - 1], plan.count[0 .. outputs - 1]) |first, count, before_first, before_count| {
+            assert(first >= before_first and first + count >= before_first + before_count);
+        }
+        const pairs = try gpa.alloc(i32, plan.weights.len);
+        errdefer gpa.free(pairs);
+        const paired = try gpa.alloc(bool, outputs);
+        errdefer gpa.free(paired);
+        for (paired, 0..) |*all, o| {
+            all.* = true;
+            for (plan.of(o), pairs[o * plan.stride ..][0..plan.stride]) |k, *pair| {
+                pair.* = pairWeight(k) orelse blk: {
+                    all.* = false;
+                    break :blk 0;
+                };
+            }
+        }
         // Every chunk holds at least one output's whole window.
         const window = @as(usize, std.mem.max(u32, plan.count)) * channels;
-        const columns = try gpa.alloc(BandSums, @max(chunk_samples, window));
+        const columns = try gpa.alloc(Column, @max(chunk_samples, window));
         errdefer gpa.free(columns);
-        const chunk_outputs: usize = @min(chunk_pixels, plan.first.len);
+        const chunk_outputs: usize = @min(chunk_pixels, outputs);
         const tile = try gpa.alloc(BandBytes, chunk_outputs * channels);
-        return .{ .taps = plan, .columns = columns, .tile = tile, .chunk_outputs = chunk_outputs };
+        return .{ .taps = plan, .pairs = pairs, .paired = paired, .columns = columns, .tile = tile, .chunk_outputs = chunk_outputs };
     }
 
     fn deinit(plan: *Horizontal8, gpa: std.mem.Allocator) void {
         plan.taps.deinit(gpa);
+        gpa.free(plan.pairs);
+        gpa.free(plan.paired);
         gpa.free(plan.columns);
         gpa.free(plan.tile);
         plan.* = undefined;
@@ -561,26 +587,51 @@ fn verticalPass(comptime Sample: type, rows: []const []align(1) const Sample, we
 // 2 bits of headroom), so sums taken modulo 2^32 are exact, whatever the
 // partial sums do, and ReleaseSafe checks no lane for overflow.
 
+/// Shifts out the fraction and clips to 0..255. The true sums lie within
+/// +-2^31, so the shifted ones within +-2^9: the clamp to i16 changes
+/// nothing and lets LLVM use the saturating packs (packssdw, packuswb).
 fn clip8(comptime n: comptime_int, sum: @Vector(n, i32)) @Vector(n, u8) {
     const shifted = sum >> @splat(precision_bits);
-    const clamped = @min(@max(shifted, @as(@Vector(n, i32), @splat(0))), @as(@Vector(n, i32), @splat(255)));
-    return @intCast(clamped);
+    const words: @Vector(n, i16) = @intCast(@min(@max(shifted, @as(@Vector(n, i32), @splat(-32768))), @as(@Vector(n, i32), @splat(32767))));
+    return @intCast(@min(@max(words, @as(@Vector(n, i16), @splat(0))), @as(@Vector(n, i16), @splat(255))));
 }
 
 /// Rows the 8-bit horizontal pass filters at once. Along a row every output
 /// has its own weights, so a SIMD kernel there spends its lanes on the taps
 /// of one pixel and then folds them; across a band of rows the outputs at
 /// one column share their weights. `horizontalBand` therefore transposes a
-/// band (`transposeIn`), so that each source sample becomes a vector of
-/// `band_rows` lanes, one per row, and runs the vertical pass's kernel on it:
-/// one broadcast weight per tap, a multiply-add per channel, no folding.
-const band_rows = 8;
+/// band (`transposeIn`), so that each source sample becomes a `Column` with
+/// one lane per row, and runs the vertical pass's kind of kernel on it: one
+/// broadcast weight per tap, one multiply-add per channel, no folding.
+/// 16 rows fill two AVX2 registers per channel; 8 fill two SSE ones, and
+/// SSE's 16 registers cannot hold RGBA's 16 sums of a 16-row band.
+const band_rows = if (builtin.cpu.has(.x86, .avx2)) 16 else 8;
 const BandBytes = @Vector(band_rows, u8);
 const BandSums = @Vector(band_rows, i32);
 
-/// Source samples per chunk (16 KB of transposed bytes, in L1 beside the
-/// tile) and output pixels per chunk (the tile: at most 8 KB).
-const chunk_samples = 512;
+/// A source sample `p` of every row of a band as the i16 word pair
+/// (`p << 7`, `p`), which pmaddwd multiplies with a weight's pair (`b`, `d`)
+/// to `p * (128 b + d)`: exact in one instruction where `p * k` needs a
+/// 32-bit multiply (pmulld: 3 instructions with the zero extension) or, with
+/// k split in halves, two pmaddwd.
+const Column = @Vector(band_rows, i32);
+
+/// `k = 128 b + d` with `b` and `d` in i16, packed as pmaddwd reads them
+/// against a `Column` (b in the low word), or null: |k| up to 2^22 + 2^15
+/// (weights up to 1.0078) have one; a few windows of tiny sources weigh up
+/// to 1.28 and take `bandSums`'s unpaired path.
+fn pairWeight(k: i32) ?i32 {
+    const b = std.math.clamp(k >> 7, std.math.minInt(i16), std.math.maxInt(i16));
+    const d = k - 128 * b;
+    if (d < std.math.minInt(i16) or d > std.math.maxInt(i16)) return null;
+    const low: u16 = @bitCast(@as(i16, @intCast(b)));
+    const high: u16 = @bitCast(@as(i16, @intCast(d)));
+    return @bitCast(@as(u32, high) << 16 | low);
+}
+
+/// Source samples per chunk (16 KB of columns, in L1 with the tile) and
+/// output pixels per chunk.
+const chunk_samples = 16 * 1024 / @sizeOf(Column);
 const chunk_pixels = 256;
 
 /// Bytes of a row in one transpose block: the widest vector whose byte
@@ -611,7 +662,11 @@ fn horizontalBand(comptime c: u8, plan: Horizontal8, rows: []const []const u8, o
         const tile = plan.tile[0 .. (x1 - x0) * c];
         for (x0..x1, 0..) |x, i| {
             const count = taps.count[x];
-            const sums = bandSums(c, columns[(taps.first[x] - low) * @as(usize, c) ..][0 .. count * c], taps.of(x)[0..count]);
+            const window = columns[(taps.first[x] - low) * @as(usize, c) ..][0 .. count * c];
+            const sums = if (plan.paired[x])
+                bandSums(c, true, window, plan.pairs[x * taps.stride ..][0..count])
+            else
+                bandSums(c, false, window, taps.of(x)[0..count]);
             inline for (sums, 0..) |sum, ch| tile[i * c + ch] = clip8(band_rows, sum);
         }
         transposeOut(tile, targets, x0 * c);
@@ -619,72 +674,142 @@ fn horizontalBand(comptime c: u8, plan: Horizontal8, rows: []const []const u8, o
     }
 }
 
-/// One output pixel's channel sums across the band, with the rounding bias.
-inline fn bandSums(comptime c: u8, window: []const BandSums, weights: []const i32) [c]BandSums {
+/// One output pixel's channel sums across the band, with the rounding
+/// bias: `weights` are `pairWeight`s (`paired`) or plain fixed point.
+inline fn bandSums(comptime c: u8, comptime paired: bool, window: []const Column, weights: []const i32) [c]BandSums {
     assert(window.len == weights.len * c);
     var sums: [c]BandSums = @splat(@splat(rounding_bias));
     {
         // `window` is sliced (and so checked) to the taps.
         @setRuntimeSafety(false);
         for (weights, 0..) |w, t| {
-            const k: BandSums = @splat(w);
-            inline for (&sums, 0..) |*sum, ch| sum.* +%= window[t * c + ch] *% k;
+            inline for (&sums, 0..) |*sum, ch| {
+                const column = window[t * c + ch];
+                sum.* +%= if (paired) pairDot(column, @splat(w)) else (column >> @splat(16)) *% @as(BandSums, @splat(w));
+            }
         }
     }
     return sums;
 }
 
-/// Lane `r` of `columns[j]` becomes `rows[r][start + j]`. Blocks of
-/// `block_bytes` samples go through the unpack network of `transposeBlock`.
-fn transposeIn(rows: *const [band_rows][]const u8, start: usize, columns: []BandSums) void {
+/// Products of adjacent i16 lanes, added (pmaddwd).
+inline fn pairDot(column: Column, weight: BandSums) BandSums {
+    const Words = @Vector(2 * band_rows, i16);
+    const Wide = @Vector(2 * band_rows, i32);
+    const products = @as(Wide, @as(Words, @bitCast(column))) *% @as(Wide, @as(Words, @bitCast(weight)));
+    const even = comptime std.simd.iota(i32, band_rows) * @as(@Vector(band_rows, i32), @splat(2));
+    return @shuffle(i32, products, undefined, even) +% @shuffle(i32, products, undefined, even + @as(@Vector(band_rows, i32), @splat(1)));
+}
+
+/// The unpack network (`transposeBlock`) for a band: rounds in `transposeIn`
+/// and `transposeOut`, and the order in which each feeds its registers
+/// (found by simulating the network; the test below checks them).
+const band_bits = std.math.log2_int(usize, band_rows);
+const in_units = if (band_rows == 8) .{ 1, 2, 4 } else .{ 1, 2, 4, 8 };
+const out_units = if (band_rows == 8) .{ 1, 1, 1, 1 } else .{ 1, 2, 4, 8 };
+
+fn bitReverse(i: usize) usize {
+    return @bitReverse(@as(@Int(.unsigned, band_bits), @intCast(i)));
+}
+
+/// The row that lane `i` of a `Column` (and of the sums and the tile made
+/// from it) holds: `toColumn`'s word unpacks on AVX2 act within 16-byte
+/// lanes and leave 16 rows in this order; `transposeOut` undoes it.
+const lane_rows: [band_rows]usize = if (band_rows == 16)
+    .{ 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15 }
+else
+    std.simd.iota(usize, band_rows);
+
+/// A sample of every row, in row order, as a `Column` (pmovzxbw, psllw,
+/// punpckl/hwd: 4 instructions for 16 rows where zero-extending to i32 and
+/// multiplying by 2^16 + 2^7 took 7).
+inline fn toColumn(bytes: BandBytes) Column {
+    const words: @Vector(band_rows, u16) = bytes;
+    return @bitCast(@shuffle(u16, words << @splat(7), words, column_mask));
+}
+
+const column_mask = blk: {
+    var m: [2 * band_rows]i32 = undefined;
+    for (lane_rows, 0..) |row, i| {
+        m[2 * i] = @intCast(row);
+        m[2 * i + 1] = ~@as(i32, @intCast(row));
+    }
+    break :blk m;
+};
+
+/// Makes `columns[j]` the `toColumn` of sample `start + j` of every row.
+/// Blocks of `block_bytes` samples go through the unpack network; the last
+/// block overlaps the one before it instead of leaving a scalar tail, which
+/// a chunk of 256 samples (16 rows) spent 40% of this function on.
+fn transposeIn(rows: *const [band_rows][]const u8, start: usize, columns: []Column) void {
+    const per_lane = 16 / band_rows;
+    if (columns.len < block_bytes) {
+        for (columns, start..) |*column, s| {
+            var bytes: BandBytes = undefined;
+            inline for (0..band_rows) |r| bytes[r] = rows[r][s];
+            column.* = toColumn(bytes);
+        }
+        return;
+    }
     var j: usize = 0;
-    while (j + block_bytes <= columns.len) : (j += block_bytes) {
+    while (j < columns.len) : (j += block_bytes) {
+        const at = @min(j, columns.len - block_bytes);
         var block: [band_rows]Block = undefined;
-        // Rows enter in bit-reversed order so that the network's output
-        // lanes come out in row order.
-        inline for (&block, 0..) |*reg, i| reg.* = rows[comptime bitReverse3(i)][start + j ..][0..block_bytes].*;
-        block = transposeBlock(.{ 1, 2, 4 }, block);
-        // Register k, 16-byte lane l: columns 16l + 2k and 16l + 2k + 1.
-        inline for (block, 0..) |reg, k| inline for (0..block_bytes / 16) |l| {
-            const pair: @Vector(16, u8) = @shuffle(u8, reg, undefined, laneMask(l));
-            const bytes: [2]BandBytes = @bitCast(pair);
-            columns[j + 16 * l + 2 * k ..][0..2].* = .{ bytes[0], bytes[1] };
+        inline for (&block, 0..) |*reg, i| reg.* = rows[comptime bitReverse(i)][start + at ..][0..block_bytes].*;
+        block = transposeBlock(in_units, block);
+        // Register k, 16-byte lane l: columns 16l + per_lane * k + (0 .. per_lane).
+        inline for (block, 0..) |reg, k| inline for (0..block_bytes / 16) |l| inline for (0..per_lane) |i| {
+            const bytes = @shuffle(u8, reg, undefined, sequence(band_rows, 16 * l + band_rows * i));
+            columns[at + 16 * l + per_lane * k + i] = toColumn(bytes);
         };
     }
-    for (columns[j..], start + j..) |*column, s| {
-        inline for (0..band_rows) |r| column[r] = rows[r][s];
-    }
 }
 
-/// Writes `tile[j]`'s lane `r` to `targets[r][start + j]`, the inverse of
-/// `transposeIn`.
+/// Writes lane `i` of `tile[j]` to `targets[lane_rows[i]][start + j]`
+/// (lanes of rows past `targets` are dropped), in blocks as `transposeIn`.
 fn transposeOut(tile: []const BandBytes, targets: []const []u8, start: usize) void {
+    const per_lane = 16 / band_rows;
+    if (tile.len < block_bytes) {
+        for (tile, start..) |column, s| {
+            const lanes: [band_rows]u8 = column;
+            for (lanes, lane_rows) |b, row| if (row < targets.len) {
+                targets[row][s] = b;
+            };
+        }
+        return;
+    }
     var j: usize = 0;
-    while (j + block_bytes <= tile.len) : (j += block_bytes) {
+    while (j < tile.len) : (j += block_bytes) {
+        const at = @min(j, tile.len - block_bytes);
         var block: [band_rows]Block = undefined;
         inline for (&block, 0..) |*reg, k| {
-            var lanes: [block_bytes / 16]@Vector(16, u8) = undefined;
-            inline for (&lanes, 0..) |*lane, l| lane.* = @bitCast(tile[j + 16 * l + 2 * k ..][0..2].*);
-            reg.* = @bitCast(lanes);
+            // Assembled with shuffles: a @bitCast from an array of vectors
+            // went through general registers byte by byte.
+            const first = at + per_lane * (if (band_rows == 8) k else comptime bitReverse(k));
+            const low = if (per_lane == 1) tile[first] else @shuffle(u8, tile[first], tile[first + 1], pairMask(8));
+            reg.* = if (block_bytes == 16) low else blk: {
+                const high = if (per_lane == 1) tile[first + 16] else @shuffle(u8, tile[first + 16], tile[first + 17], pairMask(8));
+                break :blk @shuffle(u8, low, high, pairMask(16));
+            };
         }
-        // Four rounds take the 16 x 8 block of each lane to 8 x 16
-        // (found by simulating the network; the test below checks it).
-        block = transposeBlock(.{ 1, 1, 1, 1 }, block);
-        for (targets, 0..) |target, r| target[start + j ..][0..block_bytes].* = block[r];
-    }
-    for (tile[j..], start + j..) |column, s| {
-        const lanes: [band_rows]u8 = column;
-        for (targets, lanes[0..targets.len]) |target, b| target[s] = b;
+        block = transposeBlock(out_units, block);
+        inline for (block, lane_rows) |reg, row| if (row < targets.len) {
+            targets[row][start + at ..][0..block_bytes].* = reg;
+        };
     }
 }
 
-fn bitReverse3(i: usize) usize {
-    return (i & 1) << 2 | (i & 2) | (i & 4) >> 2;
+/// `first`, `first + 1`, ... (`len` indices): a slice of a vector.
+fn sequence(comptime len: usize, comptime first: usize) [len]i32 {
+    var mask: [len]i32 = undefined;
+    for (&mask, 0..) |*m, i| m.* = @intCast(first + i);
+    return mask;
 }
 
-fn laneMask(comptime lane: usize) [16]i32 {
-    var mask: [16]i32 = undefined;
-    for (&mask, 0..) |*m, i| m.* = @intCast(16 * lane + i);
+/// Two vectors of `len` lanes, one after the other.
+fn pairMask(comptime len: usize) [2 * len]i32 {
+    var mask: [2 * len]i32 = undefined;
+    for (&mask, 0..) |*m, i| m.* = if (i < len) @intCast(i) else ~@as(i32, @intCast(i - len));
     return mask;
 }
 
@@ -1352,20 +1477,20 @@ test "transposeIn and transposeOut move every sample, in blocks and tails, for s
     };
     var rows: [band_rows][]const u8 = undefined;
     for (&rows, &bytes) |*row, *b| row.* = b;
-    var columns: [bytes[0].len]BandSums = undefined;
+    var columns: [bytes[0].len]Column = undefined;
+    var tile: [bytes[0].len]BandBytes = undefined;
     for ([_]usize{ 0, 1, 5, block_bytes - 1, block_bytes, block_bytes + 3, 2 * block_bytes + 7 }) |start| {
         const n = bytes[0].len - start;
         transposeIn(&rows, start, columns[0..n]);
-        for (columns[0..n], start..) |column, j| {
+        for (columns[0..n], tile[0..n], start..) |column, *t, j| {
             const lanes: [band_rows]i32 = column;
-            for (lanes, 0..) |b, r| try testing.expectEqual(bytes[r][j], b);
+            for (lanes, lane_rows) |pair, r| try testing.expectEqual(@as(i32, bytes[r][j]) * ((1 << 16) + (1 << 7)), pair);
+            t.* = @intCast(column >> @splat(16));
         }
         for (1..band_rows + 1) |count| {
             var out: [band_rows][bytes[0].len + 2]u8 = @splat(@splat(0xee));
             var targets: [band_rows][]u8 = undefined;
             for (targets[0..count], out[0..count]) |*t, *o| t.* = o;
-            var tile: [bytes[0].len]BandBytes = undefined;
-            for (tile[0..n], columns[0..n]) |*t, column| t.* = @intCast(column);
             transposeOut(tile[0..n], targets[0..count], 2);
             for (out, 0..) |o, r| for (o, 0..) |b, j| {
                 const want = if (r < count and j >= 2 and j < n + 2) bytes[r][start + j - 2] else 0xee;
@@ -1373,4 +1498,16 @@ test "transposeIn and transposeOut move every sample, in blocks and tails, for s
             };
         }
     }
+}
+
+test "pairWeight represents every weight up to 1.0078 and pmaddwd multiplies it exactly" {
+    const limit = (1 << 22) + (1 << 15) - 1;
+    try testing.expectEqual(null, pairWeight(limit + 1));
+    try testing.expectEqual(null, pairWeight(-limit - 2));
+    var k: i32 = -limit - 1;
+    while (k <= limit) : (k += 997) for ([_]i32{ 0, 1, 128, 254, 255 }) |p| {
+        const pair = pairWeight(k).?;
+        const product = pairDot(@splat(p * ((1 << 16) + (1 << 7))), @splat(pair));
+        try testing.expectEqual(@as(BandSums, @splat(p * k)), product);
+    };
 }
