@@ -94,6 +94,12 @@ ENGINE_WORKERS = {  # compare.py engine -> _worker.py engine
 }
 SINGLE_THREADED = {"pil-loop"}  # more cores only leave room for other processes
 DEFAULT_SETS = "jpeg1mp,jpegvar,png1mp,tiny64"
+# The (set, workload) rows of the fast-path issue's target table; `--suite
+# targets` runs exactly these, and the report checks each target.
+TARGET_PAIRS = [
+    ("jpeg1mp", "decode"), ("jpeg1mp", "bucket512"), ("jpeg1mp", "bucket1024"),
+    ("jpeg4mp", "bucket1024"), ("jpegvar", "bucket512"), ("png1mp", "decode"), ("tiny64", "decode"),
+]
 DEFAULT_WORKLOADS = "decode,bucket512"
 
 
@@ -102,6 +108,7 @@ class Settings:
     engines: list[str]
     sets: list[str]
     workloads: list[str]
+    pairs: list[tuple[str, str]]  # (set, workload) to run, in order
     cores: list[int]
     passes: int
     counts: dict[str, int]
@@ -353,10 +360,10 @@ def run_all(settings: Settings) -> tuple[list[Corpus], list[Run]]:
     pythons = interpreters(settings)
     corpora = [ensure_corpus(settings, set_name) for set_name in settings.sets]
     runs: list[Run] = []
-    total = len(corpora) * len(settings.workloads) * len(settings.cores) * len(settings.engines)
+    total = len(settings.pairs) * len(settings.cores) * len(settings.engines)
     for corpus in corpora:
         warm_page_cache(corpus)
-        for workload in settings.workloads:
+        for workload in [w for s, w in settings.pairs if s == corpus.name]:
             for cores in settings.cores:
                 for engine in settings.engines:
                     run = run_settled(settings, engine, pythons[engine], corpus, workload, cores)
@@ -459,6 +466,51 @@ def table(runs: list[Run], corpora: dict[str, Corpus], ratio_to: str) -> list[st
     return lines
 
 
+def target_checks(runs: list[Run], corpora: dict[str, Corpus]) -> list[str]:
+    """The fast-path issue's targets, as ratios of CPU ms per image (1 core
+    unless stated), from the runs present."""
+    figures = {(r.set, r.workload, r.cores, r.engine): compute_figures(r, corpora[r.set]) for r in runs if r.ok}
+
+    def ratio(key: tuple[str, str, int], engine: str) -> float | None:
+        ours, other = figures.get((*key, "ours")), figures.get((*key, engine))
+        return other.cpu_ms / ours.cpu_ms if ours and other else None
+
+    rows = []
+
+    def check(label: str, value: float | None, goal: float, unit: str = "x") -> None:
+        if value is not None:
+            rows.append(f"| {label} | {value:.2f}{unit} | {'yes' if value >= goal else 'no'} |")
+
+    check("jpeg1mp decode >= 1.25x the reference", ratio(("jpeg1mp", "decode", 1), "reference"), 1.25)
+    ceiling = ratio(("jpeg1mp", "decode", 1), "ceiling")
+    if ceiling is not None:
+        rows.append(f"| jpeg1mp decode <= 1.1x the libjpeg-turbo ceiling's CPU | {1 / ceiling:.2f}x | {'yes' if 1 / ceiling <= 1.1 else 'no'} |")
+    check("jpeg1mp -> 512 >= 1.5x the reference", ratio(("jpeg1mp", "bucket512", 1), "reference"), 1.5)
+    check("jpeg1mp -> 512 >= 5x PIL + DataLoader (2 cores)", ratio(("jpeg1mp", "bucket512", 2), "pil"), 5.0)
+    check("jpeg1mp -> 1024 >= 2x the reference", ratio(("jpeg1mp", "bucket1024", 1), "reference"), 2.0)
+    check("jpeg4mp -> 1024 >= 1.5x the reference", ratio(("jpeg4mp", "bucket1024", 1), "reference"), 1.5)
+    check("jpegvar -> 512 >= 1.5x the reference", ratio(("jpegvar", "bucket512", 1), "reference"), 1.5)
+    for set_name, workload in TARGET_PAIRS:
+        ours = [figures.get((set_name, workload, c, "ours")) for c in (1, 2)]
+        ceil = [figures.get((set_name, workload, c, "ceiling")) for c in (1, 2)]
+        if all(ours) and all(ceil):
+            scaling = (ours[1].images_per_s / ours[0].images_per_s) / (ceil[1].images_per_s / ceil[0].images_per_s)
+            check(f"{set_name} {workload}: 1 -> 2 core scaling >= 0.9x the ceiling's", scaling, 0.9)
+    tiny = [figures.get(("tiny64", "decode", 1, e)) for e in ("ours", "reference")]
+    if all(tiny):
+        check("tiny64 >= 1.5x the reference's samples/s (1 core)", tiny[0].images_per_s / tiny[1].images_per_s, 1.5)
+    tiny2 = figures.get(("tiny64", "decode", 2, "ours"))
+    if tiny2:
+        check("tiny64 >= 40k samples/s (2 cores)", tiny2.images_per_s / 1000, 40, "k/s")
+    png = [figures.get(("png1mp", "decode", 1, e)) for e in ("ours", "pil-loop")]
+    if all(png):
+        check("png1mp >= Pillow's MP/s (1 core)", png[0].megapixels_per_cpu_s / png[1].megapixels_per_cpu_s, 1.0)
+    first = [figures.get(("jpeg1mp", "decode", 1, e)) for e in ("ours", "reference")]
+    if all(first):
+        check("time to first sample <= the reference's", first[1].ttfs_ms / max(first[0].ttfs_ms, 1e-9), 1.0)
+    return rows
+
+
 def _attempts_note(run: Run) -> str:
     return f"least disturbed of {run.attempts} tries" if run.attempts > 1 else ""
 
@@ -518,6 +570,9 @@ def markdown(
         f"| {c.name} | {c.count} | {c.mean_megapixels:.3f} | {c.encoded_mb:.1f} |" for c in corpora
     ]
     lines += ["", *table(runs, by_name, settings.ratio_to), ""]
+    checks = target_checks(runs, by_name)
+    if checks:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|", *checks, ""]
     lines += [f"- {engine}: {info}" for engine, info in versions(runs).items()]
     notes = [*failure_notes(runs), chart_note]
     lines += [f"- {note}" for note in notes if note]
@@ -608,6 +663,12 @@ def parse_settings(argv: list[str] | None) -> Settings:
         "--workloads", default=DEFAULT_WORKLOADS, help=f"from {', '.join(WORKLOADS)}"
     )
     parser.add_argument("--cores", default="1,2", help="CPU counts to pin each run to")
+    parser.add_argument(
+        "--suite",
+        choices=["targets"],
+        help="targets: the fast-path issue's rows (jpeg1mp decode/512/1024, jpeg4mp 1024, jpegvar 512,"
+        " png1mp decode, tiny64 decode) instead of --sets x --workloads, with a target check",
+    )
     parser.add_argument("--passes", type=int, default=3, help="passes per run (>= 2)")
     parser.add_argument("--count", type=int, help="images per set (default: 600, tiny64 5000)")
     parser.add_argument("--quick", action="store_true", help="small corpora for a smoke run")
@@ -644,7 +705,11 @@ def parse_settings(argv: list[str] | None) -> Settings:
     parser.add_argument("--name", default=time.strftime("%Y%m%d-%H%M%S"), help="output file stem")
     args = parser.parse_args(argv)
 
-    sets = _names(args.sets, COUNTS, "sets")
+    if args.suite == "targets":
+        pairs = TARGET_PAIRS
+    else:
+        pairs = [(s, w) for s in _names(args.sets, COUNTS, "sets") for w in _names(args.workloads, WORKLOADS, "workloads")]
+    sets = list(dict.fromkeys(s for s, _ in pairs))
     counts = QUICK_COUNTS if args.quick else COUNTS
     min_count = args.loader_workers + 2  # each DataLoader worker drops its first image
     if args.passes < 2 or (args.count is not None and args.count < min_count):
@@ -657,7 +722,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
     return Settings(
         engines=_names(args.engines, ENGINE_WORKERS, "engines"),
         sets=sets,
-        workloads=_names(args.workloads, WORKLOADS, "workloads"),
+        workloads=list(dict.fromkeys(w for _, w in pairs)),
+        pairs=pairs,
         cores=cores,
         passes=args.passes,
         counts={s: args.count if args.count is not None else counts[s] for s in sets},

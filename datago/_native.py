@@ -94,6 +94,12 @@ if lib.datago_abi_version() != ABI_VERSION:
         f"but this Python package was written for version {ABI_VERSION}; reinstall datago"
     )
 
+# cffi parses a C type the first time it sees it (~1 ms for "char[]"): do it
+# at import, not on the way to the first sample.
+for _type in ("char[]", "size_t *", "uint64_t *", "int32_t *", "datago_loader **", "datago_sample **",
+              "datago_batch **", "datago_fit *", "datago_bucket[]", "datago_encoded[]", "uint8_t *"):
+    ffi.typeof(_type)
+
 OK = lib.DATAGO_OK
 END = lib.DATAGO_END
 TIMEOUT = lib.DATAGO_TIMEOUT
