@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,12 +40,14 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Waits on a condition with a deadline (never a fixed sleep)."""
+    """Waits for a condition with a deadline, re-checking every 5 ms (the
+    native state it watches has no Python-side event to wait on)."""
     deadline = time.monotonic() + timeout_s
+    tick = threading.Event()
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
+        tick.wait(0.005)
 
 
 def noise_image(width: int, height: int, mode: str, seed: int) -> Image.Image:
