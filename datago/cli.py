@@ -63,7 +63,7 @@ def make_corpus(folder: Path, count: int) -> None:
         width = max(16, int((pixels * ratio) ** 0.5))
         height = max(16, int(pixels / width))
         coarse = rng.integers(0, 256, (max(2, height // 32), max(2, width // 32), 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+        image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
         image.save(folder / f"{i:06d}.jpg", quality=90)
 
 

@@ -70,6 +70,21 @@ class RawImagePayload:
         "crop_box",
         "scale",
     )
+    _owner: Any
+    _data_address: Any
+    _data_len: int
+    _data: bytes | None
+    _array: np.ndarray | None
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    channels: int
+    bit_depth: int
+    is_encoded: bool
+    encoding: str
+    crop_box: tuple[float, float, float, float]
+    scale: float
 
     def __init__(self, owner: Any = None, view: Any = None) -> None:
         self._owner = owner
@@ -166,10 +181,11 @@ class RawImagePayload:
         size = (self.width, self.height)
         if self.bit_depth == 16:
             array = self.to_numpy_array()
+            assert array is not None  # not empty: checked above
             if self.channels == 1:
                 return Image.frombuffer("I;16", size, np.ascontiguousarray(array), "raw", "I;16", 0, 1)
             array8 = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-            return Image.fromarray(array8.reshape(self.height, self.width, self.channels), _MODES_8BIT[self.channels])
+            return Image.fromarray(array8.reshape(self.height, self.width, self.channels))
         mode = _MODES_8BIT[self.channels]
         return Image.frombuffer(mode, size, self._buffer(), "raw", mode, 0, 1)
 
@@ -193,12 +209,15 @@ class ImagePayload:
         return self._inner.copy()
 
     def to_pil_image(self) -> Any:
+        """A PIL image of the payload (see ``RawImagePayload.to_pil_image``)."""
         return self._inner.to_pil_image()
 
     def __call__(self) -> Any:
+        """Same as ``to_pil_image()``, as in the reference."""
         return self._inner.to_pil_image()
 
     def to_numpy_array(self) -> np.ndarray | None:
+        """``(H, W, C)`` zero-copy view (see ``RawImagePayload.to_numpy_array``)."""
         return self._inner.to_numpy_array()
 
     @property
@@ -281,6 +300,17 @@ class Sample:
         "_tags",
         "__weakref__",
     )
+    _id: str | None
+    _path: str | None
+    _source: str | None
+    _attributes: str | None
+    _duplicate_state: int | None
+    _image: ImagePayload | None
+    _masks: dict[str, ImagePayload] | None
+    _additional_images: dict[str, ImagePayload] | None
+    _latents: dict[str, LatentPayload] | None
+    _coca_embedding: list[float] | None
+    _tags: list[str] | None
 
     def __init__(self, owner: Any, c: Any = None) -> None:
         # `owner` keeps the native memory alive (the sample itself, or the
@@ -465,6 +495,9 @@ class Batch:
     Freed when the batch, its samples and every view of ``images`` are gone."""
 
     __slots__ = ("_owner", "_images", "samples", "epoch", "__weakref__")
+    _images: np.ndarray | None
+    samples: list[Sample]
+    epoch: int
 
     def __init__(self, owner: Any) -> None:
         self._owner = owner
