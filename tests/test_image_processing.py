@@ -471,3 +471,48 @@ def test_16bit_rgb_payloads_convert(tmp_path: Path) -> None:
         rgb8 = client.get_sample()
     expected = ((values.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
     np.testing.assert_array_equal(rgb8.image.to_numpy_array(), np.stack([expected] * 3, axis=2))
+
+
+def png16(path: Path, values: np.ndarray) -> None:
+    """Writes a 16-bit PNG (gray, gray+alpha, RGB or RGBA) by hand: Pillow
+    cannot write 16-bit colour."""
+    import struct
+    import zlib
+
+    height, width, channels = values.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_16bit_colour_payloads_convert_everywhere(tmp_path: Path, channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    values = rng.integers(0, 65536, (9, 11, channels), dtype=np.uint16)
+    png16(tmp_path / "c16.png", values)
+    with datago.DatagoClient(file_config(tmp_path)) as client:
+        raw = client.get_sample()
+    assert (raw.image.bit_depth, raw.image.channels) == (16, channels)
+    np.testing.assert_array_equal(raw.image.to_numpy_array(), values)
+    pil = raw.image.to_pil_image()  # PIL has no 16-bit colour modes: 8-bit, value / 257 rounded
+    expected8 = ((values.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(pil), expected8)
+    with datago.DatagoClient(file_config(tmp_path, image_config={"crop_and_resize": False, "pre_encode_images": True})) as client:
+        encoded = client.get_sample()
+    assert encoded.image.bit_depth == 16 and encoded.image.is_encoded
+    reread = datago.transform(None, encoded.image.data)
+    np.testing.assert_array_equal(reread.image.to_numpy_array(), values)
+    with datago.DatagoClient(file_config(tmp_path, image_config={"crop_and_resize": False, "image_to_rgb8": True})) as client:
+        rgb8 = client.get_sample()
+    assert rgb8.image.channels == 3 and rgb8.image.bit_depth == 8
+    if channels == 3:
+        np.testing.assert_array_equal(rgb8.image.to_numpy_array(), expected8)
+    else:
+        alpha = expected8[..., -1:]
+        colour = expected8[..., :-1] if channels == 4 else np.repeat(expected8[..., :1], 3, axis=2)
+        np.testing.assert_array_equal(rgb8.image.to_numpy_array(), composite_model(np.concatenate([colour, alpha], axis=2)))
