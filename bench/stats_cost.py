@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import datago  # noqa: E402
 from dct_scaling import corpus  # noqa: E402
+
+import datago  # noqa: E402
 
 BUCKET512 = {"crop_and_resize": True, "default_image_size": 512, "downsampling_ratio": 16, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}
 
