@@ -27,5 +27,8 @@ pub fn build(b: *std.Build) void {
 
     const tests = b.addTest(.{ .root_module = mod });
     const run_tests = b.addRunArtifact(tests);
+    // The tests use threads, timers and the filesystem: a pass is not a
+    // result to cache, so `zig build test` always runs them.
+    run_tests.has_side_effects = true;
     b.step("test", "Run the native unit tests").dependOn(&run_tests.step);
 }
