@@ -21,7 +21,9 @@ const std = @import("std");
 const builtin = @import("builtin");
 const assert = std.debug.assert;
 
-pub const Filter = enum { lanczos3, nearest };
+/// `bilinear` is Pillow's BILINEAR (a triangle of support 1, scaled like
+/// Lanczos when downscaling): the planar JPEG path resamples chroma with it.
+pub const Filter = enum { lanczos3, bilinear, nearest };
 
 /// `premultiply` applies to 8-bit LA and RGBA only; other images resample
 /// every channel independently whatever the mode.
@@ -105,7 +107,7 @@ pub fn resize(
     assert(box32.bottom <= @as(f32, @floatFromInt(src.height)));
     assert(box32.right - box32.left >= 0 and box32.bottom - box32.top >= 0);
 
-    const premultiplied = alpha == .premultiply and filter == .lanczos3 and
+    const premultiplied = alpha == .premultiply and filter != .nearest and
         src.bit_depth == 8 and (src.channels == 2 or src.channels == 4);
     if (box32.isCrop(out_width, out_height)) {
         const left: u32 = @intFromFloat(box32.left);
@@ -115,10 +117,10 @@ pub fn resize(
     }
     switch (filter) {
         .nearest => try resizeNearest(gpa, src, box32, out_width, out_height, out),
-        .lanczos3 => if (src.bit_depth == 8)
-            try Resampler(u8).run(gpa, src, box32, out_width, out_height, premultiplied, out)
+        .lanczos3, .bilinear => if (src.bit_depth == 8)
+            try Resampler(u8).run(gpa, src, box32, out_width, out_height, filter, premultiplied, out)
         else
-            try Resampler(u16).run(gpa, src, box32, out_width, out_height, false, out),
+            try Resampler(u16).run(gpa, src, box32, out_width, out_height, filter, false, out),
     }
 }
 
@@ -179,6 +181,12 @@ fn sinc(x: f64) f64 {
     if (x == 0.0) return 1.0;
     const y = x * std.math.pi;
     return @sin(y) / y;
+}
+
+/// Pillow's `bilinear_filter`.
+fn triangle(x: f64) f64 {
+    const a = @abs(x);
+    return if (a < 1.0) 1.0 - a else 0.0;
 }
 
 fn lanczos3(x: f64) f64 {
@@ -359,10 +367,11 @@ const Taps = struct {
     /// on ~3% of arguments, and over 4.7e8 weights of random geometries not
     /// one fixed-point weight changed (the f64 weights of the 16-bit path
     /// may, by an ulp).
-    fn init(gpa: std.mem.Allocator, in_size: u32, in0: f32, in1: f32, out_size: u32) Error!Taps {
+    fn init(gpa: std.mem.Allocator, filter: Filter, in_size: u32, in0: f32, in1: f32, out_size: u32) Error!Taps {
+        assert(filter != .nearest);
         const scale: f64 = @as(f64, in1 - in0) / @as(f64, @floatFromInt(out_size));
         const filterscale: f64 = if (scale < 1.0) 1.0 else scale;
-        const support = support_lanczos * filterscale;
+        const support = @as(f64, if (filter == .lanczos3) support_lanczos else 1.0) * filterscale;
         const ksize = @as(usize, @intFromFloat(@ceil(support))) * 2 + 1;
         const first = try gpa.alloc(u32, out_size);
         errdefer gpa.free(first);
@@ -384,7 +393,11 @@ const Taps = struct {
                 const offset = @as(f64, @floatFromInt(xmin + x)) - center + 0.5;
                 w.* = offset * inv_filterscale;
             }
-            lanczos3Many(k);
+            if (filter == .lanczos3) {
+                lanczos3Many(k);
+            } else for (k) |*w| {
+                w.* = triangle(w.*);
+            }
             var sum: f64 = 0.0;
             for (k) |w| sum += w;
             if (sum != 0.0) for (k) |*w| {
@@ -553,6 +566,8 @@ fn Resampler(comptime Sample: type) type {
 
         src: View,
         channels: u8,
+        /// `lanczos3` or `bilinear`.
+        filter: Filter,
         premultiplied: bool,
         /// Null when Pillow skips the pass: the box spans the whole axis at
         /// the same size.
@@ -581,8 +596,8 @@ fn Resampler(comptime Sample: type) type {
         /// Rows under the current output rows' vertical taps.
         tap_rows: []Row = &.{},
 
-        fn run(gpa: std.mem.Allocator, src: View, box: Box32, out_width: u32, out_height: u32, premultiplied: bool, out: []u8) Error!void {
-            var self: Self = .{ .src = src, .channels = src.channels, .premultiplied = premultiplied };
+        fn run(gpa: std.mem.Allocator, src: View, box: Box32, out_width: u32, out_height: u32, filter: Filter, premultiplied: bool, out: []u8) Error!void {
+            var self: Self = .{ .src = src, .channels = src.channels, .filter = filter, .premultiplied = premultiplied };
             defer self.deinit(gpa);
             try self.plan(gpa, box, out_width, out_height);
             const out_row_len = @as(usize, out_width) * src.channels;
@@ -631,13 +646,13 @@ fn Resampler(comptime Sample: type) type {
             const c = self.channels;
             self.span_high = self.src.width;
             if (need_horizontal) {
-                const taps = try Taps.init(gpa, self.src.width, box.left, box.right, out_width);
+                const taps = try Taps.init(gpa, self.filter, self.src.width, box.left, box.right, out_width);
                 self.horizontal = if (Sample == u8) try Horizontal8.init(gpa, taps, c) else try Plan(f64).init(gpa, taps);
                 self.span_low, self.span_high = self.horizontal.?.span();
             }
             if (need_vertical) {
                 self.vertical_first = verticalFirst(self.src.width, self.src.height, out_width, out_height);
-                self.vertical = try VerticalPlan.init(gpa, try Taps.init(gpa, self.src.height, box.top, box.bottom, out_height));
+                self.vertical = try VerticalPlan.init(gpa, try Taps.init(gpa, self.filter, self.src.height, box.top, box.bottom, out_height));
                 // Rows under the taps of `vertical_rows` successive outputs.
                 const vertical = self.vertical.?;
                 var window: u32 = 0;
@@ -1406,6 +1421,8 @@ const known_answers = [_]KnownAnswer{
     .{ .name = "la_vertical_first", .width = 8, .height = 12, .channels = 2, .box = .{ .left = 0, .top = 2.5, .right = 8, .bottom = 10.5 }, .out_width = 7, .out_height = 4, .filter = .lanczos3, .expected = &.{ 144, 120, 140, 123, 147, 116, 172, 121, 187, 120, 197, 115, 191, 120, 154, 130, 112, 111, 197, 120, 138, 125, 175, 112, 158, 127, 118, 114, 180, 124, 68, 112, 103, 128, 170, 112, 36, 119, 49, 128, 81, 107, 182, 113, 139, 132, 193, 112, 203, 119, 149, 126, 16, 107, 206, 126 } },
     .{ .name = "rgba_crop_round_trip", .width = 6, .height = 5, .channels = 4, .box = .{ .left = 2, .top = 1, .right = 5, .bottom = 3 }, .out_width = 3, .out_height = 2, .filter = .lanczos3, .expected = &.{ 178, 231, 29, 254, 221, 19, 72, 77, 0, 0, 0, 0, 0, 0, 0, 0, 79, 132, 185, 255, 129, 183, 235, 128 } },
     .{ .name = "l_nearest", .width = 9, .height = 7, .channels = 1, .box = .{ .left = 0.5, .top = 0.25, .right = 8.5, .bottom = 6.75 }, .out_width = 4, .out_height = 5, .filter = .nearest, .expected = &.{ 37, 111, 185, 3, 233, 79, 181, 27, 75, 191, 51, 167, 173, 47, 177, 51, 113, 15, 173, 75 } },
+    .{ .name = "l_bilinear_near_one", .width = 12, .height = 9, .channels = 1, .box = .{ .left = 0.25, .top = 0.5, .right = 11.5, .bottom = 8.75 }, .out_width = 12, .out_height = 9, .filter = .bilinear, .expected = &.{ 51, 88, 126, 160, 88, 122, 159, 89, 96, 134, 102, 92, 136, 164, 127, 165, 59, 98, 142, 110, 133, 177, 125, 104, 145, 167, 64, 114, 163, 145, 188, 96, 106, 106, 130, 180, 49, 105, 155, 163, 218, 91, 127, 141, 186, 108, 94, 122, 127, 163, 204, 63, 125, 158, 217, 103, 93, 146, 208, 151, 154, 30, 97, 155, 223, 68, 114, 172, 62, 60, 122, 185, 56, 121, 172, 23, 98, 162, 234, 117, 129, 200, 128, 102, 132, 177, 65, 116, 195, 72, 132, 186, 98, 114, 175, 123, 173, 92, 133, 212, 108, 139, 49, 103, 151, 88, 104, 162 } },
+    .{ .name = "l_bilinear_down", .width = 13, .height = 11, .channels = 1, .box = .{ .left = 1, .top = 0.5, .right = 12.5, .bottom = 10 }, .out_width = 5, .out_height = 4, .filter = .bilinear, .expected = &.{ 123, 121, 127, 123, 120, 129, 147, 139, 123, 140, 116, 129, 143, 128, 137, 149, 135, 114, 126, 127 } },
     .{ .name = "rgb_nearest_up", .width = 3, .height = 2, .channels = 3, .box = .{ .left = 0, .top = 0, .right = 3, .bottom = 2 }, .out_width = 7, .out_height = 5, .filter = .nearest, .expected = &.{ 0, 53, 106, 0, 53, 106, 37, 90, 143, 37, 90, 143, 37, 90, 143, 74, 127, 180, 74, 127, 180, 0, 53, 106, 0, 53, 106, 37, 90, 143, 37, 90, 143, 37, 90, 143, 74, 127, 180, 74, 127, 180, 91, 144, 197, 91, 144, 197, 135, 188, 241, 135, 188, 241, 135, 188, 241, 179, 232, 29, 179, 232, 29, 91, 144, 197, 91, 144, 197, 135, 188, 241, 135, 188, 241, 135, 188, 241, 179, 232, 29, 179, 232, 29, 91, 144, 197, 91, 144, 197, 135, 188, 241, 135, 188, 241, 135, 188, 241, 179, 232, 29, 179, 232, 29 } },
 };
 
@@ -1491,7 +1508,7 @@ const Model = struct {
 
     /// One pass along x (`along_x`) or y, with Pillow's rounding and clip.
     fn pass(m: Model, gpa: std.mem.Allocator, along_x: bool, in0: f32, in1: f32, out_size: u32, bit_depth: u8) !Model {
-        var taps = try Taps.init(gpa, @intCast(if (along_x) m.width else m.height), in0, in1, out_size);
+        var taps = try Taps.init(gpa, .lanczos3, @intCast(if (along_x) m.width else m.height), in0, in1, out_size);
         defer taps.deinit(gpa);
         const width = if (along_x) out_size else m.width;
         const height = if (along_x) m.height else out_size;
