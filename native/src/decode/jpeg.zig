@@ -290,6 +290,46 @@ test "shim struct layouts match" {
     try testing.expectEqual(@sizeOf(CHeader), dg_jpeg_struct_size(1));
     try testing.expectEqual(@sizeOf(CDecodeArgs), dg_jpeg_struct_size(2));
     try testing.expectEqual(@sizeOf(CBuffer), dg_jpeg_struct_size(3));
+    try testing.expectEqual(@sizeOf(CPlanes), dg_jpeg_planes_struct_size());
+}
+
+test "planes decode in place and through scratch rows alike, for every scale and row range" {
+    const gpa = testing.allocator;
+    const width = 83; // Odd sizes: partial blocks at the right and bottom.
+    const height = 61;
+    const pixels = try testImage(gpa, width, height, 3);
+    defer gpa.free(pixels);
+    const file = try encode(gpa, pixels, width, height, 3, 90, null); // 4:2:0
+    defer gpa.free(file);
+    for ([_]u8{ 1, 2, 4, 8 }) |scale_num| {
+        const layout = (try planesLayout(file, scale_num, null)).?;
+        const v = layout.v_factor;
+        const luma_h = layout.height[0];
+        for ([_][2]u32{ .{ 0, luma_h }, .{ 0, 1 }, .{ luma_h / 3 / v * v, luma_h / 2 + 1 }, .{ (luma_h - 1) / v * v, luma_h } }) |range| {
+            const first, const last = range;
+            if (first >= last) continue;
+            const chroma_rows = (last + v - 1) / v - first / v;
+            const rows = [3]u32{ last - first, @min(chroma_rows, layout.height[1]), @min(chroma_rows, layout.height[2]) };
+            // malloc'd, exactly sized: valgrind (which .ci/run has) sees a
+            // write past them.
+            const heap = std.heap.c_allocator;
+            var copied: [3][]u8 = undefined;
+            var direct: [3][]u8 = undefined;
+            for (0..3) |c| {
+                copied[c] = try heap.alloc(u8, @as(usize, layout.width[c]) * rows[c]);
+                direct[c] = try heap.alloc(u8, @as(usize, layout.padded_width[c]) * rows[c]);
+            }
+            defer for (0..3) |c| {
+                heap.free(copied[c]);
+                heap.free(direct[c]);
+            };
+            try decodePlanes(file, scale_num, layout, first, last, copied, .{ layout.width[0], layout.width[1], layout.width[2] }, null);
+            try decodePlanes(file, scale_num, layout, first, last, direct, .{ layout.padded_width[0], layout.padded_width[1], layout.padded_width[2] }, null);
+            for (0..3) |c| for (0..rows[c]) |r| {
+                try testing.expectEqualSlices(u8, copied[c][r * layout.width[c] ..][0..layout.width[c]], direct[c][r * layout.padded_width[c] ..][0..layout.width[c]]);
+            };
+        }
+    }
 }
 
 test "encode then decode RGB and gray round trip" {
@@ -506,8 +546,10 @@ const CPlanes = extern struct {
     h_ratio: u32,
     v_ratio: u32,
     eligible: u32,
+    padded_width: [3]u32,
 };
 
+extern fn dg_jpeg_planes_struct_size() usize;
 extern fn dg_jpeg_planes_layout(data: [*]const u8, len: usize, scale_num: u32, planes: *CPlanes, report: *CReport) c_int;
 extern fn dg_jpeg_decode_planes(
     data: [*]const u8,
@@ -529,6 +571,9 @@ pub const Planes = struct {
     /// DCT scaling can make chroma full size).
     h_factor: u32,
     v_factor: u32,
+    /// Bytes libjpeg writes per row (whole blocks): a stride at least this
+    /// wide lets `decodePlanes` decode in place instead of copying rows.
+    padded_width: [3]u32,
 };
 
 /// The plane layout at scale_num/8, or null for files the planar path does
@@ -538,13 +583,15 @@ pub fn planesLayout(bytes: []const u8, scale_num: u8, diag: ?*Diagnostics) Error
     var report: CReport = undefined;
     try check(dg_jpeg_planes_layout(bytes.ptr, bytes.len, scale_num, &c, &report), &report, diag);
     if (c.eligible == 0) return null;
-    return .{ .width = c.width, .height = c.height, .h_factor = c.h_ratio, .v_factor = c.v_ratio };
+    return .{ .width = c.width, .height = c.height, .h_factor = c.h_ratio, .v_factor = c.v_ratio, .padded_width = c.padded_width };
 }
 
 /// Decodes luma rows [row_begin, row_end) into `out[0]` and the chroma rows
 /// covering them ([row_begin / v, ceil(row_end / v))) into `out[1]`,
 /// `out[2]`; every row is the plane's full width, `stride[c]` bytes apart.
-/// Asserts (caller bugs) that the buffers hold those rows.
+/// With `stride[c] >= padded_width[c]` rows are decoded in place, each
+/// (the last included) `padded_width[c]` bytes long. Asserts (caller bugs)
+/// that the buffers hold those rows.
 pub fn decodePlanes(
     bytes: []const u8,
     scale_num: u8,
@@ -557,8 +604,11 @@ pub fn decodePlanes(
 ) Error!void {
     std.debug.assert(row_begin < row_end and row_end <= layout.height[0]);
     const chroma_rows = (row_end + layout.v_factor - 1) / layout.v_factor - row_begin / layout.v_factor;
-    std.debug.assert(out[0].len >= (row_end - row_begin - 1) * stride[0] + layout.width[0]);
-    for (1..3) |c| std.debug.assert(out[c].len >= (@min(chroma_rows, layout.height[c]) - 1) * stride[c] + layout.width[c]);
+    const row_counts = [3]u32{ row_end - row_begin, @min(chroma_rows, layout.height[1]), @min(chroma_rows, layout.height[2]) };
+    for (out, stride, row_counts, layout.width, layout.padded_width) |plane, s, rows, width, padded| {
+        const last_len = if (s >= padded) padded else width;
+        std.debug.assert(plane.len >= (rows - 1) * s + last_len);
+    }
     var report: CReport = undefined;
     const pointers: [3][*]u8 = .{ out[0].ptr, out[1].ptr, out[2].ptr };
     try check(dg_jpeg_decode_planes(bytes.ptr, bytes.len, scale_num, row_begin, row_end, &pointers, &stride, &report), &report, diag);

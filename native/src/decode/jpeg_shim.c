@@ -10,6 +10,7 @@
  *
  * All symbols are hidden (-fvisibility=hidden): they are internal to the .so.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -170,7 +171,25 @@ static void dg_progress_monitor(j_common_ptr cinfo) {
   }
 }
 
+#ifdef WITH_SIMD
+extern int jsimd_can_idct_islow(void);
+
+static void dg_init_simd_once(void) { (void)jsimd_can_idct_islow(); }
+#endif
+
+/* jsimd.c's SIMD-support flags are process-wide here, not thread-local
+ * (gen/jconfigint.h): fill them once, before the first decode or encode, so
+ * that worker threads only ever read them. */
+static void dg_init_simd(void) {
+#ifdef WITH_SIMD
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, dg_init_simd_once);
+#endif
+}
+
+/* Every entry point starts here. */
 static void dg_init_error(dg_error_mgr *err, dg_jpeg_report *report, int warnings_are_errors) {
+  dg_init_simd();
   jpeg_std_error(&err->pub);
   err->pub.error_exit = dg_error_exit;
   err->pub.output_message = dg_output_message;
@@ -570,7 +589,10 @@ typedef struct dg_jpeg_planes {
   uint32_t h_ratio;       /* luma pixels per chroma pixel in the output planes: */
   uint32_t v_ratio;       /*   1 or 2 (scaling may upscale chroma in the IDCT) */
   uint32_t eligible;      /* YCbCr, 3 components, chroma 1x1 and Y 2x2 or 2x1 */
+  uint32_t padded_width[3]; /* bytes libjpeg writes per plane row (whole blocks) */
 } dg_jpeg_planes;
+
+size_t dg_jpeg_planes_struct_size(void) { return sizeof(dg_jpeg_planes); }
 
 static int dg_planes_setup(struct jpeg_decompress_struct *cinfo, uint32_t scale_num, dg_jpeg_planes *planes,
                            dg_jpeg_report *report) {
@@ -599,6 +621,7 @@ static int dg_planes_setup(struct jpeg_decompress_struct *cinfo, uint32_t scale_
      * upsampling (jdmaster.c), so a plane's rows per call and its ratio to
      * luma follow the component's DCT_scaled_size, not only its factors. */
     planes->rows[c] = (uint32_t)(comp->v_samp_factor * comp->DCT_scaled_size);
+    planes->padded_width[c] = (uint32_t)(comp->width_in_blocks * comp->DCT_scaled_size);
   }
   planes->h_ratio = (uint32_t)(cinfo->comp_info[0].h_samp_factor * cinfo->comp_info[0].DCT_scaled_size) /
                     (uint32_t)(cinfo->comp_info[1].h_samp_factor * cinfo->comp_info[1].DCT_scaled_size);
@@ -635,7 +658,10 @@ int dg_jpeg_planes_layout(const uint8_t *data, size_t len, uint32_t scale_num, d
  * factor) into out[c], rows stride[c] bytes apart, each row the plane's full
  * width. Rows above row_begin are decoded and dropped; decoding stops after
  * row_end. The layout must be the one dg_jpeg_planes_layout reported (else
- * DG_JPEG_BAD_ARGUMENT). */
+ * DG_JPEG_BAD_ARGUMENT). Where stride[c] >= padded_width[c], libjpeg writes
+ * the rows straight into out[c] (whole blocks: each row padded_width[c]
+ * bytes, the last one included, so out[c] must hold them); otherwise rows
+ * are copied from a scratch row. */
 int dg_jpeg_decode_planes(const uint8_t *data, size_t len, uint32_t scale_num, uint32_t row_begin,
                           uint32_t row_end, uint8_t *const out[3], const size_t stride[3],
                           dg_jpeg_report *report) {
@@ -669,16 +695,30 @@ int dg_jpeg_decode_planes(const uint8_t *data, size_t len, uint32_t scale_num, u
   }
   v = planes.v_ratio;
   first_chroma = row_begin / v;
-  /* One iMCU row of each component: libjpeg writes into these row arrays. */
+  /* One iMCU row of each component: scratch rows (rows[c]), and the row
+   * pointers libjpeg writes through (image[c]), re-aimed before each call. */
   image = (JSAMPIMAGE)(*cinfo.mem->alloc_small)((j_common_ptr)&cinfo, JPOOL_IMAGE, 3 * sizeof(JSAMPARRAY));
   for (c = 0; c < 3; c++) {
-    rows[c] = (*cinfo.mem->alloc_sarray)((j_common_ptr)&cinfo, JPOOL_IMAGE,
-                                         (JDIMENSION)cinfo.comp_info[c].width_in_blocks *
-                                             (JDIMENSION)cinfo.comp_info[c].DCT_scaled_size,
-                                         planes.rows[c]);
-    image[c] = rows[c];
+    rows[c] = (*cinfo.mem->alloc_sarray)((j_common_ptr)&cinfo, JPOOL_IMAGE, planes.padded_width[c], planes.rows[c]);
+    image[c] = (JSAMPARRAY)(*cinfo.mem->alloc_small)((j_common_ptr)&cinfo, JPOOL_IMAGE, planes.rows[c] * sizeof(JSAMPROW));
   }
   for (done_rows = 0; done_rows < row_end; done_rows += planes.rows[0]) {
+    /* Rows in range go straight to out[c] where it has room for whole
+     * blocks; every other row (above the range, past it, padding) to
+     * scratch. */
+    for (c = 0; c < 3; c++) {
+      uint32_t per_call = planes.rows[c];
+      uint32_t base = done_rows / planes.rows[0] * per_call;
+      uint32_t lo = c == 0 ? row_begin : first_chroma;
+      uint32_t hi = c == 0 ? row_end : (row_end + v - 1) / v;
+      int direct = stride[c] >= planes.padded_width[c];
+      uint32_t r;
+      if (hi > planes.height[c]) hi = planes.height[c];
+      for (r = 0; r < per_call; r++) {
+        uint32_t plane_row = base + r;
+        image[c][r] = direct && plane_row >= lo && plane_row < hi ? out[c] + (size_t)(plane_row - lo) * stride[c] : rows[c][r];
+      }
+    }
     if (jpeg_read_raw_data(&cinfo, image, planes.rows[0]) == 0) {
       dg_set_message(report, "JPEG decoder returned no rows");
       status = DG_JPEG_CORRUPT;
@@ -691,10 +731,11 @@ int dg_jpeg_decode_planes(const uint8_t *data, size_t len, uint32_t scale_num, u
       uint32_t hi = c == 0 ? row_end : (row_end + v - 1) / v;
       uint32_t r;
       if (hi > planes.height[c]) hi = planes.height[c];
+      if (stride[c] >= planes.padded_width[c]) continue;
       for (r = 0; r < per_call; r++) {
         uint32_t plane_row = base + r;
         if (plane_row < lo || plane_row >= hi) continue;
-        memcpy(out[c] + (size_t)(plane_row - lo) * stride[c], image[c][r], planes.width[c]);
+        memcpy(out[c] + (size_t)(plane_row - lo) * stride[c], rows[c][r], planes.width[c]);
       }
     }
   }

@@ -204,14 +204,15 @@ fn decodeJpegPlan(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *s
     const size = plan.bucket.size;
     const out = Pixels.alloc(gpa, @as(usize, size.width) * size.height * channels) catch return error.NoMemory;
     errdefer buffers.free(gpa, out);
-    resize.resize(gpa, .{
+    // Off the Pillow-exact road already: take the cheaper pass order.
+    resize.resizeOrdered(gpa, .{
         .pixels = window,
         .width = plan.window.width,
         .height = plan.window.height,
         .channels = channels,
         .bit_depth = 8,
         .stride_bytes = @as(usize, plan.window.width) * channels,
-    }, plan.box, size.width, size.height, .lanczos3, .straight, out) catch return error.NoMemory;
+    }, plan.box, size.width, size.height, .lanczos3, .straight, .cheapest, out) catch return error.NoMemory;
     return .{
         .data = out,
         .backing = out,
@@ -261,11 +262,13 @@ fn decodePlanar(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *sta
     const chroma_rows = @min((y1 + v - 1) / v, layout.height[1]) - c0;
 
     const widths = layout.width;
+    // Rows as wide as libjpeg's whole blocks: it decodes into them in place.
+    const strides = layout.padded_width;
     const row_counts = [3]u32{ y1 - y0, chroma_rows, chroma_rows };
     var planes: [3][]align(16) u8 = .{ &.{}, &.{}, &.{} };
     defer for (planes) |plane| buffers.free(gpa, plane);
-    for (&planes, widths, row_counts) |*plane, w, rows| plane.* = buffers.alloc(gpa, @as(usize, w) * rows) catch return error.NoMemory;
-    jpeg.decodePlanes(bytes, plan.scale_num, layout, y0, y1, .{ planes[0], planes[1], planes[2] }, .{ widths[0], widths[1], widths[2] }, &jdiag) catch |err| {
+    for (&planes, strides, row_counts) |*plane, stride, rows| plane.* = buffers.alloc(gpa, @as(usize, stride) * rows) catch return error.NoMemory;
+    jpeg.decodePlanes(bytes, plan.scale_num, layout, y0, y1, .{ planes[0], planes[1], planes[2] }, .{ strides[0], strides[1], strides[2] }, &jdiag) catch |err| {
         timings.lap(.decode, clock);
         return decoder.jpegError(err, &jdiag, diag);
     };
@@ -287,9 +290,9 @@ fn decodePlanar(gpa: Allocator, bytes: []const u8, plan: JpegPlan, timings: *sta
     // Lanczos, at a third of the taps (bench/dct_scaling.py has the
     // deviation of both choices).
     const filters = [3]resize.Filter{ .lanczos3, chroma_filter, chroma_filter };
-    for (&resized, planes, widths, row_counts, boxes, filters) |*out, plane, w, rows, box, filter| {
+    for (&resized, planes, widths, strides, row_counts, boxes, filters) |*out, plane, w, stride, rows, box, filter| {
         out.* = buffers.alloc(gpa, out_len) catch return error.NoMemory;
-        resize.resize(gpa, .{ .pixels = plane, .width = w, .height = rows, .channels = 1, .bit_depth = 8, .stride_bytes = w }, box, size.width, size.height, filter, .straight, out.*) catch return error.NoMemory;
+        resize.resizeOrdered(gpa, .{ .pixels = plane, .width = w, .height = rows, .channels = 1, .bit_depth = 8, .stride_bytes = stride }, box, size.width, size.height, filter, .straight, .cheapest, out.*) catch return error.NoMemory;
     }
     const rgb = Pixels.alloc(gpa, out_len * 3) catch return error.NoMemory;
     ycc.toRgb(resized[0], resized[1], resized[2], rgb);

@@ -28,6 +28,26 @@ inline fn clamp8(v: V) @Vector(lanes, u8) {
     return @intCast(@min(@max(v, @as(V, @splat(0))), @as(V, @splat(255))));
 }
 
+/// Interleaving masks, per 16 output bytes (byte p is channel p % 3 of
+/// pixel p / 3) and per channel: the pixel, or a zero (`~0`) where another
+/// channel goes. Three one-source shuffles ORed compile to pshufb; shuffles
+/// of two sources came out as byte inserts.
+const interleave: [3][3]@Vector(16, i32) = blk: {
+    std.debug.assert(lanes == 16);
+    var masks: [3][3]@Vector(16, i32) = undefined;
+    for (&masks, 0..) |*chunk_masks, chunk| {
+        for (chunk_masks, 0..) |*mask, channel| {
+            var m: [16]i32 = undefined;
+            for (0..16) |q| {
+                const p = chunk * 16 + q;
+                m[q] = if (p % 3 == channel) @intCast(p / 3) else ~@as(i32, 0);
+            }
+            mask.* = m;
+        }
+    }
+    break :blk masks;
+};
+
 /// Writes interleaved RGB (3 bytes per pixel) from equally sized Y, Cb, Cr
 /// planes. `rgb.len` must be 3 * y.len.
 pub fn toRgb(y: []const u8, cb: []const u8, cr: []const u8, rgb: []u8) void {
@@ -39,10 +59,10 @@ pub fn toRgb(y: []const u8, cb: []const u8, cr: []const u8, rgb: []u8) void {
         const rv: @Vector(lanes, u8) = cr[i..][0..lanes].*;
         const out = convert(@intCast(yv), @intCast(bv), @intCast(rv));
         const dst = rgb[i * 3 ..][0 .. lanes * 3];
-        inline for (0..lanes) |k| {
-            dst[k * 3] = out[0][k];
-            dst[k * 3 + 1] = out[1][k];
-            dst[k * 3 + 2] = out[2][k];
+        const zero: @Vector(16, u8) = @splat(0);
+        inline for (interleave, 0..) |m, chunk| {
+            dst[chunk * 16 ..][0..16].* = @shuffle(u8, out[0], zero, m[0]) |
+                @shuffle(u8, out[1], zero, m[1]) | @shuffle(u8, out[2], zero, m[2]);
         }
     }
     while (i < y.len) : (i += 1) {

@@ -14,8 +14,13 @@
 /* How to obtain function inlining. */
 #define INLINE  __inline__ __attribute__((always_inline))
 
-/* How to obtain thread-local storage */
-#define THREAD_LOCAL  __thread
+/* How to obtain thread-local storage. Only simd/x86_64/jsimd.c uses it, for
+ * its two SIMD-support flags, and it reads them once per IDCT block: in a
+ * shared library each read is a __tls_get_addr call (2.5% of a 4 MP decode).
+ * datago makes them plain statics instead and sets them once per process,
+ * before any decode, with pthread_once (dg_jpeg_init_simd in jpeg_shim.c);
+ * after that they are only read. (CMake writes __thread here.) */
+#define THREAD_LOCAL
 
 /* Define to the full name of this package. */
 #define PACKAGE_NAME  "libjpeg-turbo"
