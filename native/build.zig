@@ -31,4 +31,8 @@ pub fn build(b: *std.Build) void {
     // result to cache, so `zig build test` always runs them.
     run_tests.has_side_effects = true;
     b.step("test", "Run the native unit tests").dependOn(&run_tests.step);
+    // The same tests as a program (zig-out/bin/datago-tests), for valgrind:
+    // .ci/run builds it with -Dcpu=x86_64_v2, whose instructions valgrind knows.
+    const install_tests = b.addInstallArtifact(tests, .{ .dest_sub_path = "datago-tests" });
+    b.step("install-tests", "Install the native unit tests as a program").dependOn(&install_tests.step);
 }
