@@ -93,3 +93,40 @@ test "matches libjpeg's conversion on reference values" {
     try std.testing.expectEqualSlices(u8, &.{ 128, 128, 128 }, rgb[2 * 3 ..][0..3]);
     try std.testing.expect(rgb[3 * 3] > 200 and rgb[3 * 3 + 1] < 30);
 }
+
+test "equals libjpeg's formula for every Y, Cb, Cr" {
+    const gpa = std.testing.allocator;
+    const n = 1 << 16;
+    const y = try gpa.alloc(u8, n);
+    defer gpa.free(y);
+    const cb = try gpa.alloc(u8, n);
+    defer gpa.free(cb);
+    const cr = try gpa.alloc(u8, n);
+    defer gpa.free(cr);
+    const rgb = try gpa.alloc(u8, 3 * n);
+    defer gpa.free(rgb);
+    for (0..n) |i| {
+        cb[i] = @truncate(i);
+        cr[i] = @truncate(i >> 8);
+    }
+    for (0..256) |luma| {
+        @memset(y, @intCast(luma));
+        toRgb(y, cb, cr, rgb);
+        for (0..n) |i| {
+            const xb: i32 = @as(i32, cb[i]) - 128;
+            const xr: i32 = @as(i32, cr[i]) - 128;
+            const yi: i32 = @intCast(luma);
+            const expected = [3]i32{
+                std.math.clamp(yi + ((fix_1_40200 * xr + one_half) >> scale_bits), 0, 255),
+                std.math.clamp(yi + ((-fix_0_34414 * xb + one_half - fix_0_71414 * xr) >> scale_bits), 0, 255),
+                std.math.clamp(yi + ((fix_1_77200 * xb + one_half) >> scale_bits), 0, 255),
+            };
+            for (expected, rgb[3 * i ..][0..3]) |e, got| {
+                if (e != got) {
+                    std.debug.print("Y {d} Cb {d} Cr {d}: {d} != {d}\n", .{ luma, cb[i], cr[i], got, e });
+                    return error.TestExpectedEqual;
+                }
+            }
+        }
+    }
+}
