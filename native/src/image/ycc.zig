@@ -13,19 +13,35 @@ const fix_0_34414: i32 = 22554;
 
 const lanes = 16;
 const V = @Vector(lanes, i32);
+const H = @Vector(lanes, i16);
 
-inline fn convert(y: V, cb: V, cr: V) [3]@Vector(lanes, u8) {
-    const x_cb = cb - @as(V, @splat(128));
-    const x_cr = cr - @as(V, @splat(128));
-    const half: V = @splat(one_half);
-    const r = y + ((@as(V, @splat(fix_1_40200)) * x_cr + half) >> @splat(scale_bits));
-    const b = y + ((@as(V, @splat(fix_1_77200)) * x_cb + half) >> @splat(scale_bits));
-    const g = y + ((@as(V, @splat(-fix_0_34414)) * x_cb + half - @as(V, @splat(fix_0_71414)) * x_cr) >> @splat(scale_bits));
-    return .{ clamp8(r), clamp8(g), clamp8(b) };
+/// libjpeg's formulas, in the 16-bit form of libjpeg-turbo's SIMD code
+/// (jdcolext-avx2.asm), which gives the same integers:
+///   (FIX(1.402) x + ONE_HALF) >> 16 = x + ((mulhi(2x, FIX(0.402)) + 1) >> 1)
+/// (FIX(1.402) = 2^16 + FIX(0.402); mulhi(2x, c) = floor(c x / 2^15), and
+/// floor((floor(t) + 1) / 2) = floor((t + 1) / 2)); B likewise with
+/// 2x + FIX(-0.228); G through 32 bits as x_cr's multiple of 2^16 is taken
+/// out. The exhaustive test below checks every (Y, Cb, Cr).
+inline fn convert(y: @Vector(lanes, u8), cb: @Vector(lanes, u8), cr: @Vector(lanes, u8)) [3]@Vector(lanes, u8) {
+    const y16: H = y;
+    const x_cb = @as(H, cb) - @as(H, @splat(128));
+    const x_cr = @as(H, cr) - @as(H, @splat(128));
+    const one: H = @splat(1);
+    const r_frac = (mulhi(x_cr + x_cr, fix_1_40200 - (1 << 16)) + one) >> @splat(1);
+    const b_frac = (mulhi(x_cb + x_cb, fix_1_77200 - (2 << 16)) + one) >> @splat(1);
+    const g_wide = @as(V, x_cb) * @as(V, @splat(-fix_0_34414)) + @as(V, x_cr) * @as(V, @splat((1 << 16) - fix_0_71414)) + @as(V, @splat(one_half));
+    const g_frac: H = @intCast(g_wide >> @splat(scale_bits));
+    return .{ clamp8(y16 + x_cr + r_frac), clamp8(y16 - x_cr + g_frac), clamp8(y16 + x_cb + x_cb + b_frac) };
 }
 
-inline fn clamp8(v: V) @Vector(lanes, u8) {
-    return @intCast(@min(@max(v, @as(V, @splat(0))), @as(V, @splat(255))));
+/// The high half of each 16 x 16-bit product (pmulhw).
+inline fn mulhi(a: H, comptime c: i32) H {
+    const product = @as(V, a) * @as(V, @splat(c));
+    return @intCast(product >> @splat(16));
+}
+
+inline fn clamp8(v: H) @Vector(lanes, u8) {
+    return @intCast(@min(@max(v, @as(H, @splat(0))), @as(H, @splat(255))));
 }
 
 /// Interleaving masks, per 16 output bytes (byte p is channel p % 3 of
@@ -57,7 +73,7 @@ pub fn toRgb(y: []const u8, cb: []const u8, cr: []const u8, rgb: []u8) void {
         const yv: @Vector(lanes, u8) = y[i..][0..lanes].*;
         const bv: @Vector(lanes, u8) = cb[i..][0..lanes].*;
         const rv: @Vector(lanes, u8) = cr[i..][0..lanes].*;
-        const out = convert(@intCast(yv), @intCast(bv), @intCast(rv));
+        const out = convert(yv, bv, rv);
         const dst = rgb[i * 3 ..][0 .. lanes * 3];
         const zero: @Vector(16, u8) = @splat(0);
         inline for (interleave, 0..) |m, chunk| {
