@@ -149,7 +149,11 @@ def datago_engine(job: Job) -> Engine:
         finally:
             client.stop()
 
-    return Engine(run_pass, {"datago": _version("datago"), "datago_path": str(datago.__file__)})
+    # A checkout on PYTHONPATH has no distribution metadata: ask the module.
+    version = _version("datago")
+    if version == "unknown":
+        version = str(getattr(datago, "__version__", "unknown"))
+    return Engine(run_pass, {"datago": version, "datago_path": str(datago.__file__)})
 
 
 def pil_loop_engine(job: Job) -> Engine:

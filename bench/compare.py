@@ -625,7 +625,7 @@ def write_outputs(settings: Settings, corpora: list[Corpus], runs: list[Run]) ->
     meta = machine()
     chart_note = write_chart(runs, {c.name: c for c in corpora}, stem.with_suffix(".png"))
     report = markdown(settings, corpora, runs, meta, chart_note)
-    stem.with_suffix(".md").write_text(report)
+    stem.with_suffix(".md").write_text(portable_paths(report, settings))
     raw = {
         "machine": meta,
         "settings": vars(settings),
@@ -633,8 +633,16 @@ def write_outputs(settings: Settings, corpora: list[Corpus], runs: list[Run]) ->
         "corpora": [vars(corpus) for corpus in corpora],
         "runs": [vars(run) for run in runs],
     }
-    stem.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    stem.with_suffix(".json").write_text(portable_paths(json.dumps(raw, indent=1, default=str), settings))
     return report
+
+
+def portable_paths(text: str, settings: Settings) -> str:
+    """This machine's paths as placeholders, so that committed results name no home or checkout."""
+    for path, name in [(settings.results, "<results>"), (settings.cache, "<cache>"), (settings.shared, "<shared>"),
+                       (REPO_DIR, "<repo>"), (Path(sys.prefix), "<python-prefix>"), (Path.home(), "~")]:
+        text = text.replace(json.dumps(str(path))[1:-1], name)
+    return text
 
 
 # --------------------------------------------------------------------------
