@@ -263,12 +263,16 @@ void datago_loader_close(datago_loader *loader);
  * and bytes delivered, failures per cause (io, empty, not_image, corrupt,
  * truncated, too_large, unsupported, no_memory), per-stage time (read,
  * decode, transform, encode: count, total, mean, p50, p99), the time callers
- * of next waited, queue depths, thread count, listing size and time.
+ * of next waited, queue depths, thread count, listing size and time,
+ * listing entries skipped per cause ("skipped"), the shuffle seed in use
+ * ("seed": given or drawn at open; null without random_sampling) and what
+ * the pass waits for ("waiting_for": text, or null).
  * Writes a NUL-terminated document into buffer when it fits (capacity
  * includes the NUL) and sets *length_out (may be NULL) to its length without
  * the NUL. Returns DATAGO_OK, or DATAGO_ERR_ARGUMENT when buffer is NULL or
  * too small (then *length_out says how much is needed). Before the first
- * pass the document is {}. Thread-safe; cheap enough to poll. */
+ * pass the document is {"seed": ...} alone. Thread-safe; cheap enough to
+ * poll. */
 datago_status datago_loader_stats(datago_loader *loader, char *buffer, size_t capacity,
                                   size_t *length_out);
 
@@ -367,14 +371,18 @@ datago_status datago_log_init(const char *level, int32_t *installed_out);
 /* Sends log lines to an in-memory queue instead of stderr (enabled != 0), so
  * a host can forward them (the Python package hands them to its logging,
  * logger "datago"). Native threads never wait for the host: when the queue
- * (1024 lines) is full the oldest line is dropped and counted. */
+ * (1024 lines) is full the oldest line is dropped and counted. enabled == 0
+ * sends later lines to stderr again and wakes every datago_log_read waiter
+ * (so a host can stop its reading thread at exit); queued lines stay
+ * readable. Thread-safe. */
 void datago_log_capture(int32_t enabled);
 
 /* Waits up to timeout_ms (< 0: without limit) for captured lines and copies
  * whole lines into buffer while they fit, each "<level>\t<module>\t<message>\n"
  * with level 1 error, 2 warn, 3 info, 4 debug, 5 trace. *length_out gets the
- * bytes written (0 on timeout), *dropped_out (may be NULL) the lines lost
- * since the last call. Returns DATAGO_OK or DATAGO_ERR_ARGUMENT. */
+ * bytes written (0 on timeout, or at once when capture is off and nothing
+ * is queued), *dropped_out (may be NULL) the lines lost since the last call.
+ * Returns DATAGO_OK or DATAGO_ERR_ARGUMENT. */
 datago_status datago_log_read(int64_t timeout_ms, char *buffer, size_t capacity, size_t *length_out,
                               uint64_t *dropped_out);
 

@@ -118,7 +118,9 @@ export fn datago_loader_stats(loader: ?*Loader, buffer: ?[*]u8, capacity: usize,
     if (l.snapshot()) |snapshot| {
         stats.writeJson(&w, &snapshot) catch return fail(.err_internal, "datago_loader_stats: document too large", .{});
     } else {
-        w.writeAll("{}") catch unreachable;
+        // Before the first pass: only the seed, which is fixed at open.
+        const source = &l.config().file;
+        if (source.random_sampling) w.print("{{\"seed\":{d}}}", .{source.seed.?}) catch unreachable else w.writeAll("{\"seed\":null}") catch unreachable;
     }
     const text = w.buffered();
     if (length_out) |out| out.* = text.len;

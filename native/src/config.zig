@@ -49,7 +49,10 @@ pub const FileSource = struct {
     /// Owned by the config's arena.
     root_path: []const u8 = "",
     random_sampling: bool = false,
+    /// With random_sampling, never null once the loader is open: a seed the
+    /// config left out is drawn then (`seed_drawn`).
     seed: ?u64 = null,
+    seed_drawn: bool = false,
     rank: u32 = 0,
     world_size: u32 = 1,
 };
@@ -85,8 +88,8 @@ pub const Config = struct {
 pub const Parsed = struct {
     arena: *std.heap.ArenaAllocator,
     config: Config,
-    /// Dotted paths of keys that were present but not understood (one WARN).
-    unknown_keys: []const []const u8,
+    /// Keys that were present but not understood (one WARN names them).
+    unknown_keys: []const UnknownKey,
 
     pub fn deinit(self: *Parsed) void {
         const child = self.arena.child_allocator;
@@ -161,10 +164,62 @@ pub fn parseImageConfig(gpa: Allocator, text: []const u8, diag: *Diagnostics) Er
     };
 }
 
+/// The keys crop_and_resize needs, in the reference's order of checks, with
+/// the reference's message for each.
+const bucket_keys = [_]struct { name: []const u8, reference_message: []const u8 }{
+    .{ .name = "default_image_size", .reference_message = "Default image size must be greater than 0" },
+    .{ .name = "downsampling_ratio", .reference_message = "Downsampling ratio must be greater than 0" },
+    .{ .name = "min_aspect_ratio", .reference_message = "Aspect ratio constraints are invalid" },
+    .{ .name = "max_aspect_ratio", .reference_message = "Aspect ratio constraints are invalid" },
+};
+
+/// A key present in the config but not understood, with the known key of
+/// the same object it most likely misspells.
+pub const UnknownKey = struct {
+    /// Dotted path, e.g. `source_config.random_sampel`.
+    path: []const u8,
+    nearest: ?[]const u8,
+};
+
+/// The known key within a small edit distance of `name` (a third of its
+/// length, at least 2), or null: a hint for typos, not for unrelated keys.
+fn nearestKey(name: []const u8, known: []const []const u8) ?[]const u8 {
+    const name_len_max = 64;
+    if (name.len > name_len_max) return null;
+    var best: ?[]const u8 = null;
+    var best_distance: usize = @max(2, name.len / 3) + 1;
+    for (known) |candidate| {
+        if (candidate.len > name_len_max) continue;
+        const distance = editDistance(name, candidate);
+        if (distance < best_distance) {
+            best = candidate;
+            best_distance = distance;
+        }
+    }
+    return best;
+}
+
+/// Levenshtein distance of two short strings (both at most 64 bytes).
+fn editDistance(a: []const u8, b: []const u8) usize {
+    var row: [65]usize = undefined;
+    std.debug.assert(a.len < row.len and b.len < row.len);
+    for (0..b.len + 1) |j| row[j] = j;
+    for (a, 1..) |ca, i| {
+        var diagonal = row[0];
+        row[0] = i;
+        for (b, 1..) |cb, j| {
+            const above = row[j];
+            row[j] = @min(@min(row[j] + 1, row[j - 1] + 1), diagonal + @intFromBool(std.ascii.toLower(ca) != std.ascii.toLower(cb)));
+            diagonal = above;
+        }
+    }
+    return row[b.len];
+}
+
 const Parser = struct {
     allocator: Allocator,
     diag: *Diagnostics,
-    unknown: std.ArrayList([]const u8) = .empty,
+    unknown: std.ArrayList(UnknownKey) = .empty,
 
     fn fail(p: *Parser, comptime fmt: []const u8, args: anytype) Error {
         p.diag.set(fmt, args);
@@ -262,7 +317,12 @@ const Parser = struct {
         source.random_sampling = try p.optBool(object, prefix, "random_sampling") orelse false;
         source.seed = try p.optInt(u64, object, prefix, "seed");
         source.world_size = try p.optPositive(u32, object, prefix, "world_size") orelse 1;
-        source.rank = try p.optInt(u32, object, prefix, "rank") orelse 0;
+        // Defaulting to rank 0 would make every process of a distributed
+        // run read the same samples.
+        source.rank = try p.optInt(u32, object, prefix, "rank") orelse if (source.world_size > 1) return p.fail(
+            "source_config.rank: missing while world_size is {d}; give each process its rank (the Python package takes it from torch.distributed or RANK)",
+            .{source.world_size},
+        ) else 0;
         if (source.rank >= source.world_size) return p.fail(
             "source_config.rank: {d} must be less than world_size ({d})",
             .{ source.rank, source.world_size },
@@ -276,6 +336,10 @@ const Parser = struct {
         var image: ImageConfig = .{};
         image.crop_and_resize = try p.optBool(object, prefix, "crop_and_resize") orelse
             return p.fail("image_config.crop_and_resize: missing (true or false)", .{});
+        // Absent keys default to 0 (as in the reference), which the bucket
+        // checks then refuse: say "missing", not "must be greater than 0".
+        if (image.crop_and_resize) for (bucket_keys) |key| if (object.get(key.name) == null)
+            return p.fail("image_config.{s}: missing, and crop_and_resize needs it ({s})", .{ key.name, key.reference_message });
         image.default_image_size = try p.optInt(u32, object, prefix, "default_image_size") orelse 0;
         image.downsampling_ratio = try p.optInt(u32, object, prefix, "downsampling_ratio") orelse 0;
         image.min_aspect_ratio = try p.optNumber(object, prefix, "min_aspect_ratio") orelse 0;
@@ -341,7 +405,7 @@ const Parser = struct {
         outer: while (it.next()) |entry| {
             for (known) |name| if (std.mem.eql(u8, name, entry.key_ptr.*)) continue :outer;
             const path = try std.mem.concat(p.allocator, u8, &.{ prefix, entry.key_ptr.* });
-            try p.unknown.append(p.allocator, path);
+            try p.unknown.append(p.allocator, .{ .path = path, .nearest = nearestKey(entry.key_ptr.*, known) });
         }
     }
 
@@ -437,7 +501,7 @@ test "a reference config parses with defaults" {
     try testing.expectEqual(@as(u32, 16), c.prefetch_buffer_size);
     try testing.expectEqual(@as(u32, 1), c.file.world_size);
     try testing.expectEqual(@as(usize, 1), parsed.unknown_keys.len);
-    try testing.expectEqualStrings("source_config.max_concurrency", parsed.unknown_keys[0]);
+    try testing.expectEqualStrings("source_config.max_concurrency", parsed.unknown_keys[0].path);
 }
 
 test "bad configs name the key" {
@@ -455,7 +519,7 @@ test "bad configs name the key" {
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\", \"world_size\": 0}}", "source_config.world_size: must be greater than 0");
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\", \"random_sampling\": \"yes\"}}", "source_config.random_sampling: expected true or false");
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {}}", "image_config.crop_and_resize: missing");
-    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true}}", "image_config.default_image_size: Default image size must be greater than 0");
+    try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true}}", "image_config.default_image_size: missing, and crop_and_resize needs it (Default image size must be greater than 0)");
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true, \"default_image_size\": 64, \"downsampling_ratio\": 128, \"min_aspect_ratio\": 0.5, \"max_aspect_ratio\": 2}}", "image_config.downsampling_ratio: 128 is larger");
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": true, \"default_image_size\": 64, \"downsampling_ratio\": 16, \"min_aspect_ratio\": 2, \"max_aspect_ratio\": 1}}", "image_config.min_aspect_ratio: Aspect ratio constraints are invalid");
     try expectInvalid("{\"source_type\": \"file\", \"source_config\": {\"root_path\": \"x\"}, \"image_config\": {\"crop_and_resize\": false, \"encode_format\": \"JPEG\"}}", "image_config.encode_format: unknown format");
@@ -487,7 +551,7 @@ test "an image_config parses on its own" {
     , &diag);
     try testing.expect(image.crop_and_resize and image.default_image_size == 64);
     try testing.expectError(error.Invalid, parseImageConfig(testing.allocator, "{\"crop_and_resize\": true}", &diag));
-    try testing.expectEqualStrings("image_config.default_image_size: Default image size must be greater than 0", diag.text());
+    try testing.expectEqualStrings("image_config.default_image_size: missing, and crop_and_resize needs it (Default image size must be greater than 0)", diag.text());
     const none = try parseImageConfig(testing.allocator, "null", &diag);
     try testing.expect(!none.crop_and_resize);
 }
@@ -505,4 +569,25 @@ test "parse survives every allocation failure" {
             parsed.deinit();
         }
     }.run, .{});
+}
+
+test "an unknown key names the known key it most likely misspells" {
+    try testing.expectEqualStrings("random_sampling", nearestKey("random_sampeling", &.{ "root_path", "random_sampling", "seed" }).?);
+    try testing.expectEqualStrings("seed", nearestKey("sed", &.{ "root_path", "random_sampling", "seed" }).?);
+    try testing.expectEqual(@as(?[]const u8, null), nearestKey("max_concurrency", &.{ "root_path", "random_sampling", "seed" }));
+    try testing.expectEqual(@as(usize, 3), editDistance("kitten", "sitting"));
+    try testing.expectEqual(@as(usize, 0), editDistance("Limit", "limit"));
+}
+
+test "world_size above 1 needs a rank" {
+    var diag: Diagnostics = .{};
+    try testing.expectError(error.Invalid, parse(testing.allocator,
+        \\{"source_type": "file", "source_config": {"root_path": "d", "world_size": 2}}
+    , &diag));
+    try testing.expect(std.mem.startsWith(u8, diag.text(), "source_config.rank: missing while world_size is 2"));
+    var parsed = try parse(testing.allocator,
+        \\{"source_type": "file", "source_config": {"root_path": "d", "world_size": 2, "rank": 1}}
+    , &diag);
+    defer parsed.deinit();
+    try testing.expectEqual(@as(u32, 1), parsed.config.file.rank);
 }

@@ -37,10 +37,27 @@ pub const Loader = struct {
             .owner_pid = runtime.processId(),
             .next_epoch = parsed.config.epoch,
         };
+        const cfg = &loader.parsed.config;
+        if (cfg.batch_size != null and !(if (cfg.image) |image| image.crop_and_resize else false))
+            log.warn(.loader, "batch_size: image_config.crop_and_resize is not true, so images keep their own sizes and a batch only groups samples of one shape: with images of varied sizes most batches hold a single sample", .{});
+        // One seed per loader, not per pass: every pass of this loader, and
+        // every DataLoader worker given the same config, must permute the
+        // same way, or worker parts overlap (a worker strides over its
+        // rank's shuffled share). `stats()` reports it so a run can be
+        // repeated.
+        const source = &loader.parsed.config.file;
+        if (source.random_sampling and source.seed == null) {
+            source.seed = runtime.entropy64();
+            source.seed_drawn = true;
+            log.info(.loader, "random_sampling without a seed: drew seed {d} (set source_config.seed to it to repeat this order)", .{source.seed.?});
+        }
         if (parsed.unknown_keys.len > 0) {
             var buffer: [512]u8 = undefined;
             var w: Io.Writer = .fixed(&buffer);
-            for (parsed.unknown_keys, 0..) |key, i| w.print("{s}{s}", .{ if (i == 0) "" else ", ", key }) catch break;
+            for (parsed.unknown_keys, 0..) |key, i| {
+                w.print("{s}{s}", .{ if (i == 0) "" else ", ", key.path }) catch break;
+                if (key.nearest) |nearest| w.print(" (did you mean `{s}`?)", .{nearest}) catch break;
+            }
             log.warn(.loader, "ignoring unknown configuration keys: {s}", .{w.buffered()});
         }
         return loader;

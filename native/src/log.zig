@@ -84,10 +84,17 @@ fn installForkHandler() void {
     _ = std.c.pthread_atfork(null, null, resetInChild);
 }
 
-/// Sends lines to the capture queue (true) or to stderr (false).
+/// Sends lines to the capture queue (true) or to stderr (false). Turning
+/// capture off wakes every `readCaptured` waiter, so the host can stop its
+/// reading thread at exit without waiting out a timeout; lines already
+/// queued stay readable.
 pub fn setCapture(on: bool) void {
     installForkHandler();
+    const io = boot();
+    write_mutex.lockUncancelable(io);
+    defer write_mutex.unlock(io);
     capture_enabled.store(on, .release);
+    if (!on) capture_cond.broadcast(io);
 }
 
 /// Waits up to `timeout_ms` (< 0: no limit) for captured lines and writes
@@ -103,7 +110,7 @@ pub fn readCaptured(timeout_ms: i64, out: []u8, dropped: *u64) usize {
             .raw = .fromMilliseconds(timeout_ms),
             .clock = .awake,
         } }, io);
-        while (capture_len == 0) capture_cond.waitTimeout(io, &write_mutex, deadline) catch break;
+        while (capture_len == 0 and capture_enabled.load(.acquire)) capture_cond.waitTimeout(io, &write_mutex, deadline) catch break;
     }
     var written: usize = 0;
     while (capture_len > 0) {

@@ -128,6 +128,8 @@ pub const Pass = struct {
     report: struct { at_ns: u64 = 0, delivered: u64 = 0, bytes: u64 = 0 } = .{},
     /// Per-file errors logged so far (rate limit only; counts live in `counters`).
     logged_failures: std.atomic.Value(u64) = .init(0),
+    /// DATAGO_TEST_STALL_PATH, owned (see `stallForTest`); null in normal use.
+    stall_path: ?[]u8 = null,
 
     /// Creates a pass holding one reference (the caller's). Starts nothing.
     pub fn create(gpa: Allocator, config: *const Config, epoch: u64) Allocator.Error!*Pass {
@@ -158,6 +160,7 @@ pub const Pass = struct {
             .started_ns = runtime.monotonicNs(),
             .report = .{ .at_ns = runtime.monotonicNs() },
         };
+        if (runtime.getenv("DATAGO_TEST_STALL_PATH")) |stall| pass.stall_path = gpa.dupe(u8, stall) catch null;
         _ = runtime.live_passes.fetchAdd(1, .monotonic);
         return pass;
     }
@@ -179,6 +182,7 @@ pub const Pass = struct {
         pass.listing.deinit(gpa);
         for (&pass.examples.values) |example| if (example) |e| gpa.free(e);
         gpa.free(pass.root_path);
+        if (pass.stall_path) |stall| gpa.free(stall);
         pass.transform.deinit(gpa);
         if (pass.batcher) |*b| b.deinit();
         gpa.destroy(pass);
@@ -460,7 +464,7 @@ pub const Pass = struct {
             return;
         };
         const listed_ns = runtime.monotonicNs() - started_ns;
-        if (diag.unreadable_dirs > 0) log.warn(.files, "{d} folders under '{f}' could not be read and were skipped", .{ diag.unreadable_dirs, log.path(pass.root_path) });
+        if (listing.skippedTotal() > 0) logSkipped(&listing, pass.root_path);
         const source = &pass.config.file;
         const shuffle_seed: ?u64 = if (source.random_sampling) source.seed orelse runtime.entropy64() else null;
         const plan = order.plan(pass.gpa, listing.len(), .{
@@ -484,6 +488,7 @@ pub const Pass = struct {
         pass.listing = listing;
         pass.plan = plan;
         pass.counters.listed = listing.len();
+        pass.counters.skipped = listing.skipped;
         pass.counters.listing_ns = listed_ns;
         if (pass.limit) |limit| if (plan.len < limit) log.info(.files, "this worker's share ({d} files) is smaller than its limit ({d})", .{ plan.len, limit });
         if (pass.phase == .listing) pass.phase = .running;
@@ -604,6 +609,7 @@ pub const Pass = struct {
         var diag: decoder.Diagnostics = .{};
         result.timings.enabled = pass.config.collect_stats;
         var clock = result.timings.start();
+        if (pass.stall_path) |stall| if (std.mem.eql(u8, stall, path)) stallForTest(pass.io, stall);
         const processed = blk: {
             const bytes = scratch.readFile(pass.gpa, pass.io, path, &diag) catch |err| break :blk err;
             result.timings.bytes_read = bytes.len;
@@ -635,7 +641,7 @@ pub const Pass = struct {
         defer pass.mutex.unlock(pass.io);
         var ready: u64 = 0;
         for (pass.slots) |slot| ready += @intFromBool(slot != .empty);
-        return .{
+        var result: stats.Snapshot = .{
             .counters = pass.counters,
             .epoch = pass.epoch,
             .threads = pass.thread_count,
@@ -648,10 +654,47 @@ pub const Pass = struct {
             .batches = if (pass.batcher) |*b| b.counters.batches.load(.monotonic) else 0,
             .partial_batches = if (pass.batcher) |*b| b.counters.partial_batches.load(.monotonic) else 0,
             .dropped_samples = if (pass.batcher) |*b| b.counters.dropped_samples.load(.monotonic) else 0,
+            .seed = if (pass.config.file.random_sampling) pass.config.file.seed else null,
         };
+        var w: Io.Writer = .fixed(&result.waiting_for_buffer);
+        pass.describeWaitLocked(&w) catch {};
+        result.waiting_for_len = w.buffered().len;
+        return result;
+    }
+
+    /// What the consumer waits for next, in words: the listing, or the
+    /// item at `head` and whether a worker holds it.
+    fn describeWaitLocked(pass: *Pass, w: *Io.Writer) Io.Writer.Error!void {
+        switch (pass.phase) {
+            .done => {},
+            .listing => try w.print("the listing of '{f}'", .{log.path(pass.root_path)}),
+            .running => {
+                if (pass.head >= pass.plan.len) return;
+                const relative = pass.listing.relativePath(pass.plan[pass.head]);
+                const state = if (pass.head < pass.dispatched) "being read and decoded by a worker" else "waiting for a free worker";
+                try w.print("item {d} of {d} of this pass, '{f}{s}{f}', {s}", .{
+                    pass.head, pass.plan.len, log.path(pass.root_path), if (relative.len == 0 or std.mem.endsWith(u8, pass.root_path, "/")) "" else "/", log.path(relative), state,
+                });
+            },
+        }
     }
 };
 
+
+/// One WARN per pass for entries named like images that are not readable
+/// files; each was logged at DEBUG by the listing.
+fn logSkipped(listing: *const files.Listing, root_path: []const u8) void {
+    var buffer: [512]u8 = undefined;
+    var w: Io.Writer = .fixed(&buffer);
+    for (std.enums.values(files.SkipCause)) |cause| {
+        const n = listing.skipped.get(cause);
+        if (n == 0) continue;
+        w.print("{s}{d} {s}", .{ if (w.buffered().len == 0) "" else ", ", n, @tagName(cause) }) catch break;
+    }
+    log.warn(.files, "listing '{f}': skipped {d} entries that are not readable image files ({s}); DEBUG logs name each", .{
+        log.path(root_path), listing.skippedTotal(), w.buffered(),
+    });
+}
 
 fn exceeds(failed: u64, attempted: u64, fraction: f64) bool {
     if (attempted == 0) return false;
@@ -682,6 +725,52 @@ fn threadCount(config: *const Config, limit: ?u64) u32 {
     return n;
 }
 
+/// A test hook: a worker about to read the file named by the environment
+/// variable DATAGO_TEST_STALL_PATH (read when a pass starts) first waits, as
+/// on a hung network filesystem, ignoring stop and close, until a file
+/// `<path>.release` exists (at most `test_stall_ms_max`). It creates
+/// `<path>.stalled` when it starts waiting. The lifecycle tests need a worker
+/// that is stuck for as long as they say, and no file is allowed to block a
+/// worker any more. Unset, it costs one comparison per pass.
+fn stallForTest(io: Io, path: []const u8) void {
+    const test_stall_ms_max = 60_000;
+    const poll_ms = 5;
+    var buffer: [std.fs.max_path_bytes]u8 = undefined;
+    const stalled = std.fmt.bufPrint(&buffer, "{s}.stalled", .{path}) catch return;
+    if (Io.Dir.cwd().createFile(io, stalled, .{})) |file| file.close(io) else |_| return;
+    const release = std.fmt.bufPrint(&buffer, "{s}.release", .{path}) catch return;
+    var waited_ms: u32 = 0;
+    while (waited_ms < test_stall_ms_max) : (waited_ms += poll_ms) {
+        if (Io.Dir.cwd().access(io, release, .{})) |_| return else |_| {}
+        const pause: std.c.timespec = .{ .sec = 0, .nsec = poll_ms * std.time.ns_per_ms };
+        _ = std.c.nanosleep(&pause, null);
+    }
+}
+
+/// Opens `path` for reading without ever blocking in open(): a file replaced
+/// by a FIFO after the listing would otherwise hold its worker (and the
+/// ordered delivery behind it) until a writer appears. The caller checks
+/// that it is a regular file; O_NONBLOCK is then dropped again, since
+/// regular files ignore it but `Io` would treat the handle as non-blocking.
+fn openNonBlocking(path: []const u8, diag: *decoder.Diagnostics) error{Io}!Io.File {
+    const posix = std.posix;
+    const fd = posix.openat(posix.AT.FDCWD, path, .{ .ACCMODE = .RDONLY, .NONBLOCK = true, .CLOEXEC = true, .NOCTTY = true }, 0) catch |err| {
+        diag.set("cannot open: {s}", .{@errorName(err)});
+        return error.Io;
+    };
+    return .{ .handle = fd, .flags = .{ .nonblocking = true } };
+}
+
+fn clearNonBlocking(file: *Io.File, diag: *decoder.Diagnostics) error{Io}!void {
+    const flags = std.c.fcntl(file.handle, std.c.F.GETFL);
+    const nonblock: c_int = @intCast(@as(u32, @bitCast(std.posix.O{ .NONBLOCK = true })));
+    if (flags < 0 or std.c.fcntl(file.handle, std.c.F.SETFL, flags & ~nonblock) < 0) {
+        diag.set("cannot clear O_NONBLOCK", .{});
+        return error.Io;
+    }
+    file.flags.nonblocking = false;
+}
+
 /// Per-thread buffers reused from file to file.
 const Scratch = struct {
     path: std.ArrayList(u8) = .empty,
@@ -700,19 +789,17 @@ const Scratch = struct {
     /// Reads a whole file into the reused buffer. The result is valid until
     /// the next call.
     fn readFile(self: *Scratch, gpa: Allocator, io: Io, path: []const u8, diag: *decoder.Diagnostics) decoder.Error![]const u8 {
-        const file = Io.Dir.cwd().openFile(io, path, .{}) catch |err| {
-            diag.set("cannot open: {s}", .{@errorName(err)});
-            return error.Io;
-        };
+        var file = try openNonBlocking(path, diag);
         defer file.close(io);
         const stat = file.stat(io) catch |err| {
             diag.set("cannot stat: {s}", .{@errorName(err)});
             return error.Io;
         };
-        if (stat.kind == .directory) {
-            diag.set("is a directory", .{});
+        if (stat.kind != .file) {
+            diag.set("not a regular file but a {s} (it was a file when the folder was listed)", .{@tagName(stat.kind)});
             return error.Io;
         }
+        try clearNonBlocking(&file, diag);
         if (stat.size > file_bytes_max) {
             diag.set("file of {d} bytes is larger than the {d} bytes accepted", .{ stat.size, file_bytes_max });
             return error.TooLarge;

@@ -189,21 +189,25 @@ test "ranks are disjoint and complete" {
     try drain();
 }
 
-extern "c" fn mkfifo(path: [*:0]const u8, mode: std.c.mode_t) c_int;
+extern "c" fn setenv(name: [*:0]const u8, value: [*:0]const u8, overwrite: c_int) c_int;
+extern "c" fn unsetenv(name: [*:0]const u8) c_int;
 
 test "stop from another thread wakes a waiting reader; the stuck worker is counted" {
-    // A FIFO as root_path: the worker blocks in open() until a writer comes,
-    // as on a hung network filesystem, so the reader waits for nothing.
+    // The stall hook holds the worker before it reads, as a hung network
+    // filesystem would (no real file may block a worker: FIFOs are refused),
+    // so the reader waits for nothing.
     var tmp = testing.tmpDir(.{});
     defer tmp.cleanup();
+    try tmp.dir.writeFile(testing.io, .{ .sub_path = "stuck.jpg", .data = "not decoded" });
     var path_buffer: [std.fs.max_path_bytes]u8 = undefined;
     const dir_len = try tmp.dir.realPath(testing.io, &path_buffer);
-    const fifo_path = try std.fmt.allocPrintSentinel(testing.allocator, "{s}/stuck.jpg", .{path_buffer[0..dir_len]}, 0);
-    defer testing.allocator.free(fifo_path);
-    try testing.expectEqual(@as(c_int, 0), mkfifo(fifo_path, 0o600));
+    const stuck_path = try std.fmt.allocPrintSentinel(testing.allocator, "{s}/stuck.jpg", .{path_buffer[0..dir_len]}, 0);
+    defer testing.allocator.free(stuck_path);
+    try testing.expectEqual(@as(c_int, 0), setenv("DATAGO_TEST_STALL_PATH", stuck_path, 1));
+    defer _ = unsetenv("DATAGO_TEST_STALL_PATH");
 
     var text: [512]u8 = undefined;
-    const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"file\", \"source_config\": {{\"root_path\": \"{s}\"}}}}", .{fifo_path});
+    const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"file\", \"source_config\": {{\"root_path\": \"{s}\"}}}}", .{stuck_path});
     var diag: config_mod.Diagnostics = .{};
     const loader = try loader_mod.Loader.open(testing.allocator, json, &diag);
 
@@ -221,11 +225,8 @@ test "stop from another thread wakes a waiting reader; the stuck worker is count
     try testing.expect(result == .end);
     try testing.expectEqual(cleanups_before + 1, runtime.live_cleanups.load(.acquire));
 
-    // Unblock the worker: it reads garbage, sees the pass canceled and leaves.
-    const fd = std.c.open(fifo_path, .{ .ACCMODE = .WRONLY });
-    try testing.expect(fd >= 0);
-    _ = std.c.write(fd, "junk", 4);
-    _ = std.c.close(fd);
+    // Release the worker: it reads, sees the pass canceled and leaves.
+    try tmp.dir.writeFile(testing.io, .{ .sub_path = "stuck.jpg.release", .data = "" });
     loader.close();
     try drain();
     try testing.expectEqual(cleanups_before, runtime.live_cleanups.load(.acquire));

@@ -3,6 +3,7 @@
 //! result, and histograms are fixed arrays of log-spaced buckets.
 const std = @import("std");
 const decoder = @import("decode/decoder.zig");
+const files = @import("sources/files.zig");
 const runtime = @import("runtime.zig");
 
 /// Stages a sample goes through on a worker.
@@ -99,6 +100,8 @@ pub const Counters = struct {
     consumer_wait: Histogram = .{},
     listed: u64 = 0,
     listing_ns: u64 = 0,
+    /// Listing entries named like images that are not readable files.
+    skipped: std.EnumArray(files.SkipCause, u64) = .initFill(0),
 
     pub fn addTimings(self: *Counters, timings: *const Timings) void {
         self.bytes_read += timings.bytes_read;
@@ -125,6 +128,18 @@ pub const Snapshot = struct {
     partial_batches: u64 = 0,
     /// Samples of partial batches dropped by drop_last.
     dropped_samples: u64 = 0,
+    /// The shuffle seed in use (given or drawn); null without random_sampling.
+    seed: ?u64 = null,
+    /// What the next delivery waits for, while the pass runs (for timeout
+    /// messages); empty when nothing is awaited.
+    waiting_for_buffer: [waiting_for_bytes_max]u8 = undefined,
+    waiting_for_len: usize = 0,
+
+    pub const waiting_for_bytes_max = 512;
+
+    pub fn waitingFor(s: *const Snapshot) []const u8 {
+        return s.waiting_for_buffer[0..s.waiting_for_len];
+    }
 };
 
 /// Writes a snapshot as one JSON object.
@@ -134,6 +149,14 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
         s.epoch, s.running, s.threads, nsToS(s.elapsed_ns),
     });
     try w.print("\"listed\":{d},\"listing_s\":{d:.3},\"planned\":{d},", .{ c.listed, nsToS(c.listing_ns), s.plan_len });
+    if (s.seed) |seed| try w.print("\"seed\":{d},", .{seed}) else try w.writeAll("\"seed\":null,");
+    try w.writeAll("\"waiting_for\":");
+    if (s.waiting_for_len > 0) try std.json.Stringify.encodeJsonString(s.waitingFor(), .{}, w) else try w.writeAll("null");
+    try w.writeAll(",\"skipped\":{");
+    for (std.enums.values(files.SkipCause), 0..) |cause, i| {
+        try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", @tagName(cause), c.skipped.get(cause) });
+    }
+    try w.writeAll("},");
     try w.print("\"attempted\":{d},\"delivered\":{d},\"failed\":{d},\"bytes_read\":{d},\"bytes_delivered\":{d},", .{
         c.attempted, c.delivered, c.failed, c.bytes_read, c.bytes_delivered,
     });
@@ -198,6 +221,11 @@ test "stats serialise as JSON" {
     };
     snapshot.counters.by_cause.set(.corrupt, 3);
     snapshot.counters.stages.getPtr(.decode).add(2_000_000);
+    snapshot.counters.skipped.set(.link_loop, 2);
+    snapshot.seed = 7;
+    const waiting = "item 4, 'a\"b.jpg'";
+    @memcpy(snapshot.waiting_for_buffer[0..waiting.len], waiting);
+    snapshot.waiting_for_len = waiting.len;
     var buffer: [4096]u8 = undefined;
     var w: std.Io.Writer = .fixed(&buffer);
     try writeJson(&w, &snapshot);
@@ -205,4 +233,7 @@ test "stats serialise as JSON" {
     defer parsed.deinit();
     try testing.expectEqual(@as(i64, 3), parsed.value.object.get("errors").?.object.get("corrupt").?.integer);
     try testing.expectEqual(@as(i64, 1), parsed.value.object.get("stages").?.object.get("decode").?.object.get("count").?.integer);
+    try testing.expectEqual(@as(i64, 2), parsed.value.object.get("skipped").?.object.get("link_loop").?.integer);
+    try testing.expectEqual(@as(i64, 7), parsed.value.object.get("seed").?.integer);
+    try testing.expectEqualStrings(waiting, parsed.value.object.get("waiting_for").?.string);
 }

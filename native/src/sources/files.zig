@@ -7,6 +7,7 @@
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
+const log = @import("../log.zig");
 
 /// Extensions a candidate must end with, after a dot, case-insensitively
 /// (spec §7.1.2; unlike the reference a real extension is required, §11.14).
@@ -36,12 +37,16 @@ pub const Listing = struct {
     /// `root_path` named a file: the listing is that file, with an empty
     /// relative path.
     root_is_file: bool = false,
-    /// Directories, symlinks to directories and special files whose names
-    /// look like images: not candidates, counted for the stats.
-    skipped_non_files: u64 = 0,
-    /// Entries whose path did not fit `path_bytes_max` (never seen on Linux,
-    /// whose PATH_MAX is 4096; counted rather than trusted).
-    skipped_too_long: u64 = 0,
+    /// Entries whose names look like images but that are not readable
+    /// files, by cause: counted for the stats, each logged at DEBUG, so
+    /// that nothing leaves the epoch without a trace.
+    skipped: std.EnumArray(SkipCause, u64) = .initFill(0),
+
+    pub fn skippedTotal(self: *const Listing) u64 {
+        var total: u64 = 0;
+        for (self.skipped.values) |n| total += n;
+        return total;
+    }
 
     pub fn deinit(self: *Listing, gpa: Allocator) void {
         self.bytes.deinit(gpa);
@@ -59,11 +64,11 @@ pub const Listing = struct {
         return self.bytes.items[entry.offset..][0..entry.len];
     }
 
-    fn add(self: *Listing, gpa: Allocator, dir_path: []const u8, name: []const u8) Allocator.Error!void {
+    fn add(self: *Listing, gpa: Allocator, root_path: []const u8, dir_path: []const u8, name: []const u8) Allocator.Error!void {
         const separator: usize = @intFromBool(dir_path.len > 0);
         const total = dir_path.len + separator + name.len;
         if (total > path_bytes_max or self.bytes.items.len + total > offset_max) {
-            self.skipped_too_long += 1;
+            self.skip(root_path, dir_path, name, .too_long);
             return;
         }
         const offset = self.bytes.items.len;
@@ -75,12 +80,55 @@ pub const Listing = struct {
         self.entries.appendAssumeCapacity(.{ .offset = @intCast(offset), .len = @intCast(total) });
     }
 
+    fn skip(self: *Listing, root_path: []const u8, dir_path: []const u8, name: []const u8, cause: SkipCause) void {
+        self.skipped.getPtr(cause).* += 1;
+        if (!log.enabled(.debug)) return;
+        const root_separator = if (std.mem.endsWith(u8, root_path, "/")) "" else "/";
+        const dir_separator = if (dir_path.len > 0) "/" else "";
+        log.debug(.files, "listing: skipped '{f}{s}{f}{s}{f}': {s}", .{
+            log.path(root_path), root_separator, log.path(dir_path), dir_separator, log.path(name), cause.describe(),
+        });
+    }
+
     fn sort(self: *Listing) void {
         std.sort.pdq(Entry, self.entries.items, self.bytes.items, lessThan);
     }
 
     fn lessThan(bytes: []const u8, a: Entry, b: Entry) bool {
         return std.mem.order(u8, bytes[a.offset..][0..a.len], bytes[b.offset..][0..b.len]) == .lt;
+    }
+};
+
+/// Why an entry whose name looks like an image is not listed. Also the keys
+/// of `stats()["skipped"]`.
+pub const SkipCause = enum {
+    /// A directory (or a symlink to one) named like an image.
+    directory,
+    /// A symlink whose target does not exist.
+    broken_link,
+    /// A symlink that loops (ELOOP).
+    link_loop,
+    /// A FIFO, socket or device, or a symlink to one: reading it could block
+    /// forever or never end.
+    special_file,
+    /// The entry could not be examined (stat failed for another reason).
+    unreadable,
+    /// A path longer than `path_bytes_max`.
+    too_long,
+    /// A folder that could not be opened or read (any name): its contents
+    /// are not listed.
+    unreadable_folder,
+
+    pub fn describe(cause: SkipCause) []const u8 {
+        return switch (cause) {
+            .directory => "a directory, not a file",
+            .broken_link => "a symlink whose target does not exist",
+            .link_loop => "a symlink loop",
+            .special_file => "not a regular file (FIFO, socket or device)",
+            .unreadable => "cannot be examined (stat failed)",
+            .too_long => "path too long",
+            .unreadable_folder => "a folder that cannot be read",
+        };
     }
 };
 
@@ -96,8 +144,6 @@ pub const Error = error{
 pub const Diagnostics = struct {
     /// The OS error behind RootUnreadable, for the message.
     cause: []const u8 = "",
-    /// Subdirectories that could not be opened (skipped, counted).
-    unreadable_dirs: u64 = 0,
 };
 
 /// Lists the candidates under `root_path`, sorted byte-wise by relative path.
@@ -118,7 +164,7 @@ pub fn list(
     const root_stat = cwd.statFile(io, root_path, .{}) catch |err| return rootError(err, diag);
     if (root_stat.kind != .directory) {
         listing.root_is_file = true;
-        try listing.add(gpa, "", "");
+        try listing.add(gpa, root_path, "", "");
         return listing;
     }
     const root = cwd.openDir(io, root_path, .{ .iterate = true }) catch |err| return rootError(err, diag);
@@ -143,7 +189,7 @@ pub fn list(
             .iterate = true,
             .follow_symlinks = false,
         }) catch {
-            diag.unreadable_dirs += 1;
+            listing.skip(root_path, "", dir_path.items, .unreadable_folder);
             continue;
         };
         defer if (dir_path.items.len != 0) dir.close(io);
@@ -151,35 +197,44 @@ pub fn list(
         var it = dir.iterateAssumeFirstIteration();
         while (true) {
             const entry = it.next(io) catch {
-                diag.unreadable_dirs += 1;
+                listing.skip(root_path, "", dir_path.items, .unreadable_folder);
                 break;
             } orelse break;
             const kind = if (entry.kind == .unknown)
-                (dir.statFile(io, entry.name, .{ .follow_symlinks = false }) catch continue).kind
+                (dir.statFile(io, entry.name, .{ .follow_symlinks = false }) catch {
+                    if (isCandidateName(entry.name)) listing.skip(root_path, dir_path.items, entry.name, .unreadable);
+                    continue;
+                }).kind
             else
                 entry.kind;
             switch (kind) {
                 .directory => {
-                    if (isCandidateName(entry.name)) listing.skipped_non_files += 1;
+                    if (isCandidateName(entry.name)) listing.skip(root_path, dir_path.items, entry.name, .directory);
                     const offset = pending_bytes.items.len;
                     try pending_bytes.appendSlice(gpa, dir_path.items);
                     if (dir_path.items.len > 0) try pending_bytes.append(gpa, '/');
                     try pending_bytes.appendSlice(gpa, entry.name);
                     try pending.append(gpa, .{ .offset = offset, .len = pending_bytes.items.len - offset });
                 },
-                .file => if (isCandidateName(entry.name)) try listing.add(gpa, dir_path.items, entry.name),
+                .file => if (isCandidateName(entry.name)) try listing.add(gpa, root_path, dir_path.items, entry.name),
                 .sym_link => if (isCandidateName(entry.name)) {
-                    // Follow links to files; links to directories and broken
-                    // links are not candidates.
-                    const target = dir.statFile(io, entry.name, .{}) catch continue;
-                    if (target.kind == .file)
-                        try listing.add(gpa, dir_path.items, entry.name)
-                    else
-                        listing.skipped_non_files += 1;
+                    // Follow links to files; links to directories are not
+                    // followed (no cycles, no double listing).
+                    const target = dir.statFile(io, entry.name, .{}) catch |err| {
+                        listing.skip(root_path, dir_path.items, entry.name, switch (err) {
+                            error.FileNotFound => .broken_link,
+                            error.SymLinkLoop => .link_loop,
+                            else => .unreadable,
+                        });
+                        continue;
+                    };
+                    switch (target.kind) {
+                        .file => try listing.add(gpa, root_path, dir_path.items, entry.name),
+                        .directory => listing.skip(root_path, dir_path.items, entry.name, .directory),
+                        else => listing.skip(root_path, dir_path.items, entry.name, .special_file),
+                    }
                 },
-                else => if (isCandidateName(entry.name)) {
-                    listing.skipped_non_files += 1;
-                },
+                else => if (isCandidateName(entry.name)) listing.skip(root_path, dir_path.items, entry.name, .special_file),
             }
         }
     }
@@ -268,6 +323,7 @@ test "list walks, filters and sorts a tree" {
     try tmp.dir.symLink(io, "b.jpg", "link.jpg", .{});
     try tmp.dir.symLink(io, "missing.jpg", "broken.jpg", .{});
     try tmp.dir.symLink(io, "a", "linkdir.png", .{ .is_directory = true });
+    try tmp.dir.symLink(io, "loop.jpg", "loop.jpg", .{});
 
     var root_buffer: [std.fs.max_path_bytes]u8 = undefined;
     const root_len = try tmp.dir.realPath(io, &root_buffer);
@@ -281,7 +337,10 @@ test "list walks, filters and sorts a tree" {
     const expected = [_][]const u8{ "A.PNG", "a/.hidden.gif", "a/b/deep.webp", "a/c.png", "b.jpg", "dir.png/inner.jpg", "link.jpg" };
     try testing.expectEqual(expected.len, listing.len());
     for (expected, 0..) |name, i| try testing.expectEqualStrings(name, listing.relativePath(i));
-    try testing.expectEqual(@as(u64, 2), listing.skipped_non_files);
+    try testing.expectEqual(@as(u64, 2), listing.skipped.get(.directory));
+    try testing.expectEqual(@as(u64, 1), listing.skipped.get(.broken_link));
+    try testing.expectEqual(@as(u64, 1), listing.skipped.get(.link_loop));
+    try testing.expectEqual(@as(u64, 4), listing.skippedTotal());
 }
 
 test "list reports a missing root" {
