@@ -65,27 +65,49 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _installed_package_dir() -> Path | None:
+    """The `datago/` folder of the installed distribution, when it is not
+    this one: running a script from the root of a clone puts the clone's
+    `datago/` (which has no library unless `python build.py` ran) ahead of the
+    package that `pip install .` built from that same clone."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        folder = Path(str(distribution("datago").locate_file("datago"))).resolve()
+    except (PackageNotFoundError, OSError, ValueError):
+        return None
+    return None if folder == _PACKAGE_DIR else folder
+
+
 def _library_path() -> Path:
-    """DATAGO_LIBRARY if set; else the most specific build this CPU runs
-    (DATAGO_CPU=baseline forces the baseline one); else the source tree's."""
+    """DATAGO_LIBRARY if set; else, in this package, then in the installed
+    one (see `_installed_package_dir`), the most specific build this CPU
+    runs (DATAGO_CPU=baseline forces the baseline one); else the source
+    tree's `zig build` output."""
     override = os.environ.get("DATAGO_LIBRARY")
     if override:
         return _find(_LIBRARY_NAME, [Path(override)])
-    if os.environ.get("DATAGO_CPU") != "baseline":
-        flags = _cpu_flags()
-        for name, needs in _VARIANTS:
-            if (_PACKAGE_DIR / name).is_file() and needs <= flags:
-                return _PACKAGE_DIR / name
-    return _find(_LIBRARY_NAME, [_PACKAGE_DIR / _LIBRARY_NAME, _SOURCE_TREE / "zig-out" / "lib" / _LIBRARY_NAME])
+    flags = _cpu_flags() if os.environ.get("DATAGO_CPU") != "baseline" else set()
+    folders = [_PACKAGE_DIR]
+    installed = _installed_package_dir()
+    if installed is not None:
+        folders.append(installed)
+    candidates = []
+    for folder in folders:
+        candidates += [folder / name for name, needs in _VARIANTS if needs <= flags and (folder / name).is_file()]
+        candidates.append(folder / _LIBRARY_NAME)
+    candidates.append(_SOURCE_TREE / "zig-out" / "lib" / _LIBRARY_NAME)
+    return _find(_LIBRARY_NAME, candidates)
 
 
 def _header_path() -> Path:
-    return _find("datago.h", [_PACKAGE_DIR / "datago.h", _SOURCE_TREE / "include" / "datago.h"])
+    """The header that describes the library that `_library_path` loads."""
+    return _find("datago.h", [library_path.parent / "datago.h", _PACKAGE_DIR / "datago.h", _SOURCE_TREE / "include" / "datago.h"])
 
 
+library_path = _library_path()
 ffi = FFI()
 ffi.cdef(header_to_cdef(_header_path().read_text()))
-library_path = _library_path()
 lib = ffi.dlopen(str(library_path))
 
 if lib.datago_abi_version() != ABI_VERSION:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import _native, logs
 from ._native import ffi, lib
-from .errors import DatagoError
+from .errors import DatagoError, SampleTimeoutError
 from .types import Batch, Sample
 
 _logger = logging.getLogger("datago")
@@ -35,9 +36,14 @@ class DatagoClient:
     and ``with``, and ``last_stop_reason``.
     """
 
-    def __init__(self, str_config: str) -> None:
+    def __init__(self, str_config: str | Mapping[str, Any]) -> None:
+        if isinstance(str_config, Mapping):
+            str_config = json.dumps(dict(str_config))
         if not isinstance(str_config, str):
-            raise TypeError(f"argument 'str_config': '{type(str_config).__name__}' object cannot be cast as 'str'")
+            raise TypeError(f"argument 'str_config': '{type(str_config).__name__}' object cannot be cast as 'str' (or a dict)")
+        settings = _settings_from(str_config)
+        if fill_rank(settings):
+            str_config = json.dumps(settings)
         logs.ensure_forwarding()
         encoded = str_config.encode("utf-8")
         out = ffi.new("datago_loader **")
@@ -46,8 +52,11 @@ class DatagoClient:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._closed = False
-        settings = _settings_from(str_config)
+        logs.client_opened()
         self._timeout_s = float(settings.get("timeout_s", 300.0))
+        # Each native wait lasts at most this long (less when timeout_s is
+        # shorter than a slice).
+        self._slice_ms = max(1, min(POLL_MS, int(self._timeout_s * 1000)))
         self._batching = settings.get("batch_size") is not None
         #: Why the last pass ended early: None, "stopped" or "timeout".
         self.last_stop_reason: str | None = None
@@ -67,41 +76,46 @@ class DatagoClient:
         rules as ``get_sample()``."""
         handle = self._live_handle()
         out = ffi.new("datago_batch **")
-        status = self._wait(lambda: lib.datago_loader_next_batch(handle, POLL_MS, out))
+        status = self._wait(lambda: lib.datago_loader_next_batch(handle, self._slice_ms, out))
         if status == _native.OK:
             return Batch(ffi.gc(out[0], lib.datago_batch_free))
         return None
 
     def _wait(self, call: Any) -> int:
         """Polls a native wait in POLL_MS slices until it is not TIMEOUT or
-        timeout_s passed (then stops the client, as the reference does)."""
+        timeout_s passed; then stops the pass and raises SampleTimeoutError
+        naming what it waited for (an epoch never ends silently short)."""
         status = call()
         if status == _native.TIMEOUT:
             deadline = time.monotonic() + self._timeout_s
             while status == _native.TIMEOUT:
                 if time.monotonic() >= deadline:
-                    _logger.warning("datago: no sample arrived within %.0f s; stopping the client", self._timeout_s)
+                    waiting_for = self.stats().get("waiting_for") or "the next sample"
                     self.stop()
                     self.last_stop_reason = "timeout"
-                    return _native.END
+                    raise SampleTimeoutError(
+                        f"no sample within timeout_s={self._timeout_s:g} s while waiting for {waiting_for}; "
+                        "the pass was stopped (start() begins the next one)"
+                    )
                 status = call()
         if status < 0:
             raise _native.error_for(status)
         return status
 
     def get_sample(self) -> Sample | None:
-        """The next sample, or ``None`` at the end of the pass, after
-        ``stop()``, or when nothing arrived within ``timeout_s`` (300 s by
-        default; logged at WARN and recorded in ``last_stop_reason``).
-        Raises ``SourceError`` if the pass failed as a whole. Waits with the
-        GIL released, in slices of 100 ms, so Ctrl-C works."""
+        """The next sample, or ``None`` at the end of the pass or after
+        ``stop()``. Raises ``SourceError`` if the pass failed as a whole, and
+        ``SampleTimeoutError`` (a ``SourceError`` and a ``TimeoutError``)
+        when nothing arrived within ``timeout_s`` (300 s by default), naming
+        what it waited for. Waits with the GIL released, in slices of 100 ms,
+        so Ctrl-C works."""
         handle = self._live_handle()
         if self._batching:
             raise DatagoError("this client makes batches (batch_size is set): use get_batch() or iterate over it")
         out = ffi.new("datago_sample **")
-        status = lib.datago_loader_next(handle, POLL_MS, out)
+        status = lib.datago_loader_next(handle, self._slice_ms, out)
         if status == _native.TIMEOUT:
-            status = self._wait(lambda: lib.datago_loader_next(handle, POLL_MS, out))
+            status = self._wait(lambda: lib.datago_loader_next(handle, self._slice_ms, out))
         elif status < 0:
             raise _native.error_for(status)
         if status == _native.OK:
@@ -123,11 +137,21 @@ class DatagoClient:
 
     # -- extensions -----------------------------------------------------------
 
+    @property
+    def seed(self) -> int | None:
+        """The shuffle seed in use with ``random_sampling``: the config's
+        ``seed``, or the one drawn when the client was opened (put it in the
+        config to repeat the order); None without ``random_sampling``."""
+        seed = self.stats()["seed"]
+        return None if seed is None else int(seed)
+
     def stats(self) -> dict[str, Any]:
         """Native counters of the current or last pass: samples and bytes
-        delivered, failures per cause, per-stage time (count, mean, p50, p99),
-        the time readers waited, queue depths, threads. ``{}`` before the
-        first pass. Cheap: safe to poll during training."""
+        delivered, failures per cause, listing entries skipped per cause,
+        per-stage time (count, mean, p50, p99), the time readers waited,
+        queue depths, threads, the shuffle ``seed`` and what the pass
+        ``waiting_for``. Before the first pass, only ``seed``. Cheap: safe
+        to poll during training."""
         handle = self._live_handle()
         length = ffi.new("size_t *")
         buffer = ffi.new("char[]", 16384)
@@ -147,6 +171,7 @@ class DatagoClient:
             self._closed = True
             if os.getpid() == self._pid:
                 ffi.release(self._handle)
+                logs.client_closed()
 
     def __enter__(self) -> DatagoClient:
         return self
@@ -174,6 +199,30 @@ class DatagoClient:
                 "IterableDataset.__iter__"
             )
         return self._handle
+
+
+def fill_rank(config: dict[str, Any]) -> bool:
+    """Sets ``source_config.rank`` when ``world_size > 1`` and the rank is
+    absent: from torch.distributed when it is imported and initialised,
+    else from ``RANK``. Returns whether it changed ``config``; without
+    either, the library refuses the config (``ConfigError``) rather than
+    let every process read rank 0's samples."""
+    source = config.get("source_config")
+    if not isinstance(source, dict) or "rank" in source:
+        return False
+    world_size = source.get("world_size")
+    if not isinstance(world_size, int) or world_size <= 1:
+        return False
+    rank: int | None = None
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        rank = int(distributed.get_rank())
+    elif os.environ.get("RANK", "").strip().isdigit():
+        rank = int(os.environ["RANK"])
+    if rank is None:
+        return False
+    source["rank"] = rank
+    return True
 
 
 def _settings_from(text: str) -> dict[str, Any]:

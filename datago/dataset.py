@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
+import multiprocessing.context
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.utils.data
 
-from .client import DatagoClient
-from .errors import ConfigError, DatagoError
+from .client import DatagoClient, fill_rank
+from .errors import ConfigError
 from .types import Batch, Sample
 
 
@@ -49,11 +52,72 @@ def _distributed() -> tuple[int, int] | None:
     if world_size <= 1:
         return None
     if "RANK" not in os.environ:
-        raise DatagoError(
-            f"WORLD_SIZE={world_size} but this process's rank is unknown: initialise torch.distributed, "
-            "set RANK, or put rank and world_size in source_config"
+        raise ConfigError(
+            f"source_config.rank: WORLD_SIZE={world_size} but this process's rank is unknown: initialise "
+            "torch.distributed, set RANK, or put rank and world_size in source_config"
         )
     return int(os.environ["RANK"]), world_size
+
+
+def _with_rank(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with this process's rank and world_size filled in where the
+    source config leaves them out (see `DatagoIterDataset`)."""
+    config = copy.deepcopy(config)
+    source = config.setdefault("source_config", {})
+    if "rank" not in source and "world_size" not in source:
+        distributed = _distributed()
+        if distributed is not None:
+            source["rank"], source["world_size"] = distributed
+    fill_rank(config)
+    return config
+
+
+class _EpochCounter:
+    """The epoch of each iteration, shared by the main process and the
+    DataLoader worker processes: each new iteration is the next epoch, unless
+    ``set_epoch`` named one, whatever ``num_workers`` and
+    ``persistent_workers`` are. Worker copies of the dataset are made by fork
+    or by pickling at process start, so the counts live in shared memory
+    (a RawArray passes to both). Layout: [base epoch, set_epoch calls], then
+    per iterating process (the main process, then each worker) the
+    set_epoch call count it last saw and its iterations since then."""
+
+    processes_max = 1 + 1024
+
+    def __init__(self, epoch: int) -> None:
+        self._shared = multiprocessing.RawArray("q", 2 + 2 * self.processes_max)
+        self._shared[0] = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._shared[0] = epoch
+        self._shared[1] += 1
+
+    def next_epoch(self, worker: int | None) -> int:
+        """The epoch of a new iteration by worker `worker` (None: the main
+        process, num_workers=0). Each process writes only its own slot."""
+        slot = 0 if worker is None else 1 + worker
+        if slot >= self.processes_max:
+            raise ConfigError(f"num_workers: at most {self.processes_max - 1} DataLoader workers are supported")
+        calls, seen, count = self._shared[1], 2 + 2 * slot, 3 + 2 * slot
+        if self._shared[seen] != calls:
+            self._shared[seen], self._shared[count] = calls, 0
+        epoch = self._shared[0] + self._shared[count]
+        self._shared[count] += 1
+        return int(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader hands the dataset to spawned workers while a process is
+        # being started: the shared array travels then. Any other pickle
+        # (a deepcopy, a checkpoint) gets an independent copy of the counts.
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"shared": self._shared}
+        return {"values": list(self._shared)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "shared" in state:
+            self._shared = state["shared"]
+        else:
+            self._shared = multiprocessing.RawArray("q", state["values"])
 
 
 class DatagoIterDataset(torch.utils.data.IterableDataset):
@@ -70,10 +134,21 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
     (use ``DataLoader(batch_size=None)``).
 
     ``rank``/``world_size`` come from the config's source_config, else from
-    torch.distributed, else from torchrun's environment. Call
-    ``set_epoch(epoch)`` before each epoch (as with DistributedSampler) to
-    reshuffle with ``random_sampling`` and a ``seed``; with ``num_workers=0``
-    each ``__iter__`` also advances the epoch by itself.
+    torch.distributed, else from torchrun's environment; a ``world_size``
+    above 1 without ``rank`` takes the rank from torch.distributed, else from
+    ``RANK``, else raises ``ConfigError``.
+
+    **Epochs.** Each new iteration over the dataset is the next epoch (the
+    first is the config's ``epoch``, default 0), unless ``set_epoch(e)`` was
+    called: the next iteration is then epoch ``e``, the one after ``e + 1``.
+    The rule holds alike for ``num_workers=0``, plain workers and
+    ``persistent_workers=True`` (the count is shared with the worker
+    processes). With ``random_sampling`` each epoch is a new permutation.
+
+    **Seed.** With ``random_sampling`` and no ``seed``, one seed is drawn
+    here, once, and used by every DataLoader worker and every epoch (workers
+    that drew their own would take overlapping parts of differently shuffled
+    lists); ``seed`` reports it.
     """
 
     def __init__(self, datago_config: Mapping[str, Any] | str, return_python_types: bool = True) -> None:
@@ -81,43 +156,57 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
         config = json.loads(datago_config) if isinstance(datago_config, str) else copy.deepcopy(dict(datago_config))
         if not isinstance(config, dict):
             raise ConfigError("config: expected a JSON object")
-        DatagoClient(json.dumps(config)).close()  # validate now: a bad config fails here, not in a worker
+        source = config.get("source_config")
+        if isinstance(source, dict) and source.get("random_sampling") is True and source.get("seed") is None:
+            source["seed"] = secrets.randbits(64)
+        DatagoClient(json.dumps(_with_rank(config))).close()  # validate now: a bad config fails here, not in a worker
         self.config = config
         self.return_python_types = return_python_types
-        self._epoch: int | None = None
-        self._passes = 0
+        epoch = config.get("epoch", 0)
+        self._epochs = _EpochCounter(epoch if isinstance(epoch, int) else 0)
+
+    @property
+    def seed(self) -> int | None:
+        """The shuffle seed every worker and epoch uses (given, or drawn at
+        construction); None without ``random_sampling``."""
+        source = self.config.get("source_config") or {}
+        return int(source["seed"]) if source.get("random_sampling") is True else None
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch of the next iteration (reshuffles with a seed)."""
-        self._epoch = epoch
+        """The epoch of the next iteration (reshuffles with random_sampling);
+        later iterations count on from it. Reaches DataLoader workers,
+        persistent ones included."""
+        self._epochs.set_epoch(int(epoch))
 
     def __len__(self) -> int:
+        if self.config.get("batch_size") is not None:
+            raise TypeError(
+                "DatagoIterDataset has no length in batch mode: batches group samples by shape, so their "
+                "number is only known at the end of the epoch ('limit' counts samples)"
+            )
         limit = self.config.get("limit")
         if limit is None:
             raise TypeError("DatagoIterDataset has no length without 'limit' (the reference returned 1e9)")
         return int(limit)
 
-    def worker_config(self) -> dict[str, Any]:
-        """The config the current process (rank and DataLoader worker) reads."""
-        config = copy.deepcopy(self.config)
-        source = config.setdefault("source_config", {})
-        if "rank" not in source and "world_size" not in source:
-            distributed = _distributed()
-            if distributed is not None:
-                source["rank"], source["world_size"] = distributed
+    def worker_config(self, epoch: int | None = None) -> dict[str, Any]:
+        """The config the current process (rank and DataLoader worker) reads
+        for `epoch` (default: the config's)."""
+        config = _with_rank(self.config)
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         config["worker_id"], config["num_workers"] = worker, num_workers
         if num_workers > 1:
             total = config.get("num_threads") or int(os.environ.get("DATAGO_MAX_TASKS") or 0) or _usable_cpus()
             config["num_threads"] = max(1, total // num_workers)
-        epoch = self._epoch if self._epoch is not None else self._passes
-        config["epoch"] = epoch
+        if epoch is not None:
+            config["epoch"] = epoch
         return config
 
     def __iter__(self) -> Iterator[Any]:
-        config = self.worker_config()
-        self._passes += 1
+        info = torch.utils.data.get_worker_info()
+        epoch = self._epochs.next_epoch(None if info is None else info.id)
+        config = self.worker_config(epoch)
         with DatagoClient(json.dumps(config)) as client:
             for item in client:
                 yield self._convert(item)

@@ -18,4 +18,10 @@ class SourceError(DatagoError, RuntimeError):
     cause and an example path."""
 
 
-__all__ = ["DatagoError", "ConfigError", "SourceError"]
+class SampleTimeoutError(SourceError, TimeoutError):
+    """No sample arrived within ``timeout_s``: the message names what the
+    pass was waiting for (the listing, or the item due next and whether a
+    worker holds it). The pass is stopped; ``start()`` begins the next one."""
+
+
+__all__ = ["DatagoError", "ConfigError", "SourceError", "SampleTimeoutError"]

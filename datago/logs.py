@@ -5,12 +5,20 @@ for the native level (spec §8).
 Native threads never wait for Python: the library queues lines (1024 at
 most, the oldest dropped and counted when Python falls behind), and a daemon
 thread here drains the queue with the GIL released while it waits.
+
+At interpreter exit (and whenever the last client closes) the queue is
+flushed into ``logging``, so no line is lost; at exit the forwarding thread
+is also stopped and joined first. A daemon thread that is inside the
+library when the interpreter finalises is killed on its way back into
+Python, through native frames, which crashed the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 import threading
 
 from . import _native
@@ -27,13 +35,19 @@ _lock = threading.Lock()
 # after lines taken by the forwarding thread reached `logging`.
 _read_lock = threading.Lock()
 _forwarder_pid: int | None = None
+_forwarder: threading.Thread | None = None
+_stopping = threading.Event()
+# Clients open in this process; the last one to close flushes the queue.
+_open_clients = 0
+_ENV_LEVEL_NAMES = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
 
 
 def _reset_after_fork() -> None:
     # The forwarding thread does not survive fork() and may have held the
     # locks at that moment; the child starts its own thread on demand.
-    global _lock, _read_lock, _forwarder_pid
-    _lock, _read_lock, _forwarder_pid = threading.Lock(), threading.Lock(), None
+    global _lock, _read_lock, _forwarder_pid, _forwarder, _stopping, _open_clients
+    _lock, _read_lock, _forwarder_pid, _forwarder = threading.Lock(), threading.Lock(), None, None
+    _stopping, _open_clients = threading.Event(), 0
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -61,8 +75,8 @@ def _read(timeout_ms: int) -> int:
     return length[0]
 
 
-def _run() -> None:
-    while True:
+def _run(stopping: threading.Event) -> None:
+    while not stopping.is_set():
         _read(_READ_TIMEOUT_MS)
 
 
@@ -75,8 +89,10 @@ def ensure_forwarding() -> None:
     with _lock:
         if _forwarder_pid == os.getpid():
             return
+        global _forwarder
         lib.datago_log_capture(1)
-        threading.Thread(target=_run, name="datago-log", daemon=True).start()
+        _forwarder = threading.Thread(target=_run, args=(_stopping,), name="datago-log", daemon=True)
+        _forwarder.start()
         _forwarder_pid = os.getpid()
 
 
@@ -85,6 +101,38 @@ def flush() -> None:
     thread does this on its own within a fraction of a second)."""
     while _read(0):
         pass
+
+
+def client_opened() -> None:
+    global _open_clients
+    with _lock:
+        _open_clients += 1
+
+
+def client_closed() -> None:
+    """Flushes the queue when the last open client closes, so lines of a
+    pass reach ``logging`` before the caller moves on (or exits)."""
+    global _open_clients
+    with _lock:
+        _open_clients = max(0, _open_clients - 1)
+        last = _open_clients == 0
+    if last and _forwarder_pid == os.getpid():
+        flush()
+
+
+def _shutdown() -> None:
+    """At interpreter exit: stop and join the forwarding thread, send native
+    lines to stderr from now on, and forward what is queued."""
+    if _forwarder_pid != os.getpid():
+        return
+    _stopping.set()
+    lib.datago_log_capture(0)  # wakes the thread if it waits in the library
+    if _forwarder is not None:
+        _forwarder.join(timeout=5)
+    flush()
+
+
+atexit.register(_shutdown)
 
 
 def initialize_logging(log_level: str | None = None) -> bool:
@@ -103,4 +151,24 @@ def initialize_logging(log_level: str | None = None) -> bool:
     if status == lib.DATAGO_ERR_ARGUMENT:
         raise ValueError(_native.last_error())
     _native.check(status)
+    if installed[0]:
+        _show_level(log_level)
     return bool(installed[0])
+
+
+def _show_level(log_level: str | None) -> None:
+    """Makes the chosen native level visible in Python: without this, the
+    ``datago`` logger inherits the root's WARNING and drops INFO and DEBUG
+    lines, and with no handler anywhere only WARNING and above reach
+    stderr. A level or handler the application set is left alone."""
+    env = os.environ.get("DATAGO_LOG") or os.environ.get("RUST_LOG")
+    name = (env if env and env.strip().lower() in _ENV_LEVEL_NAMES else log_level) or "error"
+    level = _ENV_LEVEL_NAMES.get(name.strip().lower())
+    if level is None:  # "off", or a RUST_LOG filter with module directives
+        return
+    if _root_logger.level == logging.NOTSET:
+        _root_logger.setLevel(level)
+    if not _root_logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        _root_logger.addHandler(handler)

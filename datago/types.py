@@ -279,6 +279,17 @@ def _empty_payload() -> ImagePayload:
     return ImagePayload(RawImagePayload())
 
 
+def _id_of(raw: bytes, is_file: bool) -> str:
+    """The reference's id: for files the JSON-quoted path. Bytes that are
+    not UTF-8 (Linux names are bytes) become ``\\udcXX`` JSON escapes of
+    ``os.fsdecode``'s surrogates, so distinct names keep distinct ids and
+    ``os.fsencode(json.loads(id))`` gives the name back."""
+    if not is_file:
+        return raw.decode("utf-8", "replace")
+    text = raw.decode("utf-8", "surrogateescape")
+    return json.dumps(text, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Sample:
     """A sample (spec §3.1). ``id`` is the reference's form: for files, the
     path JSON-quoted (``'"d1/b.jpg"'``); ``path`` is the plain path. Fields
@@ -326,8 +337,7 @@ class Sample:
     @property
     def id(self) -> str:
         if self._id is None:
-            raw = _str(self._c.id).decode("utf-8", "replace")
-            self._id = json.dumps(raw, ensure_ascii=False) if self._c.source_kind == lib.DATAGO_SOURCE_FILE else raw
+            self._id = _id_of(_str(self._c.id), self._c.source_kind == lib.DATAGO_SOURCE_FILE)
         return self._id
 
     @id.setter
