@@ -30,12 +30,14 @@ def drain(client: datago.DatagoClient) -> list[datago.Sample]:
     return list(client)
 
 
-def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Runs Python code in a fresh interpreter, from a neutral folder so that
-    `import datago` finds the installed package, not the source tree."""
+    `import datago` finds the installed package, not the source tree; `env`
+    adds to (or overrides) this process's environment."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir(),
+        env=None if env is None else {**os.environ, **env},
     )
 
 

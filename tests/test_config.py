@@ -51,14 +51,26 @@ BAD = [
     (cfg(source_config={**GOOD_SOURCE, "seed": -3}), "source_config.seed: -3 is out of range"),
     (cfg(image_config={}), "image_config.crop_and_resize: missing"),
     (cfg(image_config={"crop_and_resize": "true"}), "image_config.crop_and_resize: expected true or false"),
-    (cfg(image_config={"crop_and_resize": True}), "image_config.default_image_size: Default image size must be greater than 0"),
+    (
+        cfg(image_config={"crop_and_resize": True}),
+        "image_config.default_image_size: missing, and crop_and_resize needs it (Default image size must be greater than 0)",
+    ),
     (
         cfg(image_config={"crop_and_resize": True, "default_image_size": 64}),
-        "image_config.downsampling_ratio: Downsampling ratio must be greater than 0",
+        "image_config.downsampling_ratio: missing, and crop_and_resize needs it (Downsampling ratio must be greater than 0)",
     ),
     (
         cfg(image_config={"crop_and_resize": True, "default_image_size": 64, "downsampling_ratio": 16}),
-        "image_config.min_aspect_ratio: Aspect ratio constraints are invalid",
+        "image_config.min_aspect_ratio: missing, and crop_and_resize needs it (Aspect ratio constraints are invalid)",
+    ),
+    (
+        cfg(image_config={"crop_and_resize": True, "default_image_size": 0, "downsampling_ratio": 16,
+                          "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}),
+        "image_config.default_image_size: Default image size must be greater than 0",
+    ),
+    (
+        cfg(source_config={**GOOD_SOURCE, "world_size": 3}),
+        "source_config.rank: missing while world_size is 3",
     ),
     (
         cfg(image_config={"crop_and_resize": True, "default_image_size": 64, "downsampling_ratio": 16,
@@ -95,10 +107,17 @@ def test_bad_config_raises_config_error_naming_the_key(config: str, message: str
     assert isinstance(info.value, datago.DatagoError)
 
 
-@pytest.mark.parametrize("value", [5, b"{}", None, {"source_type": "file"}])
+@pytest.mark.parametrize("value", [5, b"{}", None, ["source_type"]])
 def test_non_string_config_is_a_type_error(value: object) -> None:
     with pytest.raises(TypeError, match="argument 'str_config'"):
         datago.DatagoClient(value)  # type: ignore[arg-type]
+
+
+def test_a_mapping_config_is_accepted(tmp_path) -> None:
+    with datago.DatagoClient({"source_type": "file", "source_config": {"root_path": str(tmp_path)}}) as client:
+        assert client.get_sample() is None
+    with pytest.raises(datago.ConfigError, match="source_config: missing"):
+        datago.DatagoClient({"source_type": "file"})
 
 
 def test_keyword_str_config_works(tmp_path) -> None:
@@ -134,6 +153,24 @@ def test_unknown_keys_log_one_warning(tmp_path, caplog) -> None:
     warnings = [warnings[0].getMessage()]
     assert "shiny" in warnings[0] and "source_config.max_concurrency" in warnings[0]
     assert "prefetch_buffer_size" not in warnings[0]
+
+
+def test_a_mistyped_key_names_the_key_it_resembles(tmp_path, caplog) -> None:
+    config = cfg(source_config={"root_path": str(tmp_path), "random_sampeling": True}, samples_bufer_size=4)
+    datago.DatagoClient(config).close()
+    datago.logs.flush()
+    warning = next(r.getMessage() for r in caplog.records if "unknown configuration keys" in r.getMessage())
+    assert "source_config.random_sampeling (did you mean `random_sampling`?)" in warning, warning
+    assert "samples_bufer_size (did you mean `samples_buffer_size`?)" in warning, warning
+
+
+def test_batches_without_crop_and_resize_say_why_they_hold_one_sample(tmp_path, caplog) -> None:
+    datago.DatagoClient(cfg(source_config={"root_path": str(tmp_path)}, batch_size=8)).close()
+    datago.logs.flush()
+    assert any(
+        "batch_size: image_config.crop_and_resize is not true" in r.getMessage() and "a single sample" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def test_webdataset_and_db_are_refused_clearly() -> None:

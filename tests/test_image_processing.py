@@ -210,15 +210,15 @@ def test_bucketed_pixels_match_the_pillow_model(tmp_path: Path, config: dict) ->
         assert diff.max() == 0, (name, diff.mean(), diff.max())
 
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "photos"
+PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 
 
 def photo_crops(folder: Path, count: int) -> list[Path]:
-    """JPEGs (q90, 4:2:0) cut from the real photographs beside the repository,
-    at 1 and 4 MP and assorted aspect ratios, as the bench corpora are."""
+    """JPEGs (q90, 4:2:0) cut from the real photographs shipped in
+    tests/data/photos (about 1.6 MP each, see SOURCES.md there), at 1 and
+    4 MP and assorted aspect ratios, as the bench corpora are."""
     photos = sorted(PHOTOS.glob("*.jpg"))[:count]
-    if not photos:
-        pytest.fail(f"no photographs in {PHOTOS} (the repository's ../shared/bench/photos)")
+    assert len(photos) == count, f"expected {count} photographs in {PHOTOS}, found {len(photos)}"
     paths = []
     for i, photo in enumerate(photos):
         image = Image.open(photo).convert("RGB")

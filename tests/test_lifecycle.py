@@ -4,9 +4,7 @@ close mid-stream, fork safety and Ctrl-C."""
 
 from __future__ import annotations
 
-import errno
 import gc
-import os
 import threading
 import time
 from pathlib import Path
@@ -15,41 +13,28 @@ import numpy as np
 import pytest
 
 import datago
-from support import drain, file_config, run_python, wait_until
+from support import drain, file_config, noise_image, run_python, wait_until
 
 
-def fifo_root(tmp_path: Path) -> Path:
-    """A FIFO named like an image as root_path: the worker blocks in open()
-    until someone writes, as on a hung network filesystem."""
+@pytest.fixture
+def stalled_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A one-image root whose read stalls, as on a hung network filesystem:
+    the library's test hook (DATAGO_TEST_STALL_PATH) holds the worker until
+    `release(path)`. No real file can block a worker: FIFOs and devices
+    are refused at open."""
     path = tmp_path / "stuck.jpg"
-    os.mkfifo(path)
-    return path
+    noise_image(16, 16, "RGB", seed=0).save(path)
+    monkeypatch.setenv("DATAGO_TEST_STALL_PATH", str(path))
+    yield path
+    release(path)
 
 
-def worker_stuck_in_open() -> bool:
-    """Whether one of our worker threads sleeps in open() on a FIFO."""
-    for task in os.listdir("/proc/self/task"):
-        try:
-            comm = Path(f"/proc/self/task/{task}/comm").read_text().strip()
-            wchan = Path(f"/proc/self/task/{task}/wchan").read_text().strip()
-        except OSError:
-            continue
-        if comm.startswith("datago-w") and wchan == "wait_for_partner":
-            return True
-    return False
+def worker_stalled(path: Path) -> bool:
+    return Path(f"{path}.stalled").exists()
 
 
-def unblock(fifo: Path) -> None:
-    """Opens the FIFO for writing, which lets a worker blocked in open()
-    return (it then reads nothing: a FIFO has size 0). Without a reader there
-    is nothing to unblock: the non-blocking open fails with ENXIO."""
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as error:
-        if error.errno == errno.ENXIO:
-            return
-        raise
-    os.close(fd)
+def release(path: Path) -> None:
+    Path(f"{path}.release").touch()
 
 
 def test_samples_and_views_are_freed_exactly_when_the_last_reference_goes(image_dir) -> None:
@@ -123,22 +108,21 @@ def test_stop_before_start_means_no_pass(image_dir) -> None:
     client.close()
 
 
-def test_stop_from_another_thread_wakes_a_blocked_reader(tmp_path: Path) -> None:
-    fifo = fifo_root(tmp_path)
-    client = datago.DatagoClient(file_config(fifo))
+def test_stop_from_another_thread_wakes_a_blocked_reader(stalled_root: Path) -> None:
+    client = datago.DatagoClient(file_config(stalled_root))
     result: list[object] = []
     reader = threading.Thread(target=lambda: result.append(client.get_sample()))
     started = time.monotonic()
     reader.start()
-    wait_until(worker_stuck_in_open, what="the worker to block in open()")
+    wait_until(lambda: worker_stalled(stalled_root), what="the worker to stall")
     client.stop()
     reader.join(timeout=5)
     assert not reader.is_alive() and result == [None]
     assert time.monotonic() - started < 3
     assert client.last_stop_reason == "stopped"
-    # The worker is still stuck in open(): counted, not joined, not leaked.
+    # The worker is still stuck in its read: counted, not joined, not leaked.
     assert datago.live_cleanup_threads() == 1
-    unblock(fifo)
+    release(stalled_root)
     wait_until(lambda: datago.live_cleanup_threads() == 0, what="the stuck worker to finish")
     client.close()
 
@@ -178,9 +162,8 @@ def test_concurrent_readers_get_each_sample_once(image_dir) -> None:
     assert len(seen) == 90 and len(set(seen)) == 90
 
 
-def test_the_gil_is_released_while_waiting(tmp_path: Path) -> None:
-    fifo = fifo_root(tmp_path)
-    client = datago.DatagoClient(file_config(fifo))
+def test_the_gil_is_released_while_waiting(stalled_root: Path) -> None:
+    client = datago.DatagoClient(file_config(stalled_root))
     counter = [0]
     stop = threading.Event()
 
@@ -192,33 +175,38 @@ def test_the_gil_is_released_while_waiting(tmp_path: Path) -> None:
     spinner.start()
     reader = threading.Thread(target=client.get_sample)
     reader.start()
-    wait_until(worker_stuck_in_open, what="the worker to block in open()")
-    wait_until(lambda: counter[0] > 100_000, what="the other thread to run while a reader waits")
-    stop.set()
-    client.stop()
-    reader.join(timeout=5)
-    spinner.join(timeout=5)
-    unblock(fifo)
+    try:
+        wait_until(lambda: worker_stalled(stalled_root), what="the worker to stall")
+        wait_until(lambda: counter[0] > 100_000, what="the other thread to run while a reader waits")
+    finally:
+        stop.set()
+        client.stop()
+        reader.join(timeout=5)
+        spinner.join(timeout=5)
+    release(stalled_root)
     client.close()
 
 
-def test_timeout_s_returns_none_and_says_why(tmp_path: Path, caplog) -> None:
-    fifo = fifo_root(tmp_path)
-    client = datago.DatagoClient(file_config(fifo, timeout_s=0.3))
+def test_timeout_s_raises_and_names_the_item_it_waited_for(stalled_root: Path) -> None:
+    client = datago.DatagoClient(file_config(stalled_root, timeout_s=0.3))
     started = time.monotonic()
-    assert client.get_sample() is None
+    with pytest.raises(datago.SampleTimeoutError) as caught:
+        client.get_sample()
     assert 0.25 < time.monotonic() - started < 3
+    assert isinstance(caught.value, TimeoutError)
+    assert f"item 0 of 1 of this pass, '{stalled_root}', being read and decoded by a worker" in str(caught.value)
     assert client.last_stop_reason == "timeout"
-    assert any("no sample arrived within" in r.message for r in caplog.records)
-    unblock(fifo)
+    release(stalled_root)
+    # The next pass works once the file is readable again.
+    client.start()
+    assert client.get_sample() is not None
     client.close()
 
 
-def test_ctrl_c_interrupts_a_blocked_get_sample(tmp_path: Path) -> None:
-    fifo = fifo_root(tmp_path)
+def test_ctrl_c_interrupts_a_blocked_get_sample(stalled_root: Path) -> None:
     code = f"""
         import datago, json, os, signal, threading, time
-        client = datago.DatagoClient(json.dumps({{"source_type": "file", "source_config": {{"root_path": {str(fifo)!r}}}}}))
+        client = datago.DatagoClient(json.dumps({{"source_type": "file", "source_config": {{"root_path": {str(stalled_root)!r}}}}}))
         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         started = time.monotonic()
         try:
@@ -226,10 +214,7 @@ def test_ctrl_c_interrupts_a_blocked_get_sample(tmp_path: Path) -> None:
         except KeyboardInterrupt:
             print("interrupted after", round(time.monotonic() - started, 2))
         client.stop()
-        try:
-            os.close(os.open({str(fifo)!r}, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
+        open({str(stalled_root)!r} + ".release", "w").close()
         client.close()
     """
     result = run_python(code)

@@ -26,7 +26,7 @@ def corpus(root: Path) -> Path:
 def test_stats_count_each_cause_exactly(tmp_path: Path) -> None:
     root = corpus(tmp_path / "c")
     with datago.DatagoClient(file_config(root, max_pixels=50_000, num_threads=2)) as client:
-        assert client.stats() == {}
+        assert client.stats() == {"seed": None}
         samples = drain(client)
         stats = client.stats()
     assert len(samples) == 10

@@ -108,16 +108,16 @@ def test_more_than_one_rank_without_a_rank_is_an_error(image_dir) -> None:
         import datago, os
         os.environ["WORLD_SIZE"] = "2"
         os.environ.pop("RANK", None)
-        ds = datago.DatagoIterDataset({file_config(root)!r})
         try:
-            next(iter(ds))
-        except datago.DatagoError as e:
+            datago.DatagoIterDataset({file_config(root)!r})
+        except datago.ConfigError as e:
             print("refused:", e)
         os.environ["RANK"] = "1"
+        ds = datago.DatagoIterDataset({file_config(root)!r})
         print("rank", ds.worker_config()["source_config"]["rank"])
     """
     result = run_python(code)
-    assert "refused: WORLD_SIZE=2 but this process's rank is unknown" in result.stdout, result.stderr
+    assert "refused: source_config.rank: WORLD_SIZE=2 but this process's rank is unknown" in result.stdout, result.stderr
     assert "rank 1" in result.stdout
 
 
