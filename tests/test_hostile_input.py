@@ -190,6 +190,7 @@ def broken_files() -> dict[str, tuple[bytes, str]]:
     bmp = encode(rgb, "BMP")
     gif = encode(rgb.quantize(64), "GIF")
     jpeg = _jpeg()
+    webp = encode(rgb, "WEBP", quality=80)
     cases: dict[str, tuple[bytes, str]] = {
         "flipped_idat_bit.png": (flip_idat_bit(png_bytes), "corrupt"),
         "bmp_13000x13000.bmp": (bmp_claiming(13000, 13000), "truncated"),
@@ -204,6 +205,7 @@ def broken_files() -> dict[str, tuple[bytes, str]]:
         cases[f"cut{fraction}.gif"] = (gif[: int(len(gif) * fraction)], "truncated")
         cases[f"cut{fraction}.jpg"] = (jpeg[: int(len(jpeg) * fraction)], "truncated")
         cases[f"cut{fraction}.png"] = (png_bytes[: int(len(png_bytes) * fraction)], "truncated")
+        cases[f"cut{fraction}.webp"] = (webp[: int(len(webp) * fraction)], "truncated")
     return cases
 
 

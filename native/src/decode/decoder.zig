@@ -151,6 +151,14 @@ pub fn jpegError(err: jpeg.Error, jdiag: *const jpeg.Diagnostics, diag: *Diagnos
 }
 
 fn decodeWebp(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
+    // libwebp's animation decoder (which also reads still files) says only
+    // "failed" for a cut file; the RIFF header says how long the file is.
+    std.debug.assert(bytes.len >= 12); // sniff() saw "RIFF....WEBP"
+    const riff_bytes = @as(u64, std.mem.readInt(u32, bytes[4..8], .little)) + 8;
+    if (bytes.len < riff_bytes) {
+        diag.set("truncated: the WebP file has {d} bytes, its RIFF header declares {d}", .{ bytes.len, riff_bytes });
+        return error.Truncated;
+    }
     const info = webp.readInfo(bytes) catch |err| return webpError(err, diag);
     if (@as(u64, info.width) * info.height > max_pixels) return tooLarge(diag, info.width, info.height, max_pixels);
     const channels: u8 = if (info.has_alpha) 4 else 3;
