@@ -37,7 +37,7 @@ LIBRARY = "libdatago.so"
 LICENSES = {
     "libjpeg-turbo": ["LICENSE.md", "README.ijg"],
     "libwebp": ["COPYING", "PATENTS"],
-    "stb": ["COPYRIGHT.debian"],
+    "wuffs": ["LICENSE"],
 }
 
 _TARGETS = {

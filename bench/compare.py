@@ -83,8 +83,10 @@ WORKLOADS: dict[str, dict[str, Any] | None] = {
         "max_aspect_ratio": 2.0,
     },
 }
-COUNTS = {"jpeg1mp": 600, "jpeg4mp": 600, "jpegvar": 600, "png1mp": 600, "tiny64": 5000}
-QUICK_COUNTS = {"jpeg1mp": 48, "jpeg4mp": 24, "jpegvar": 48, "png1mp": 48, "tiny64": 400}
+COUNTS = {"jpeg1mp": 600, "jpeg4mp": 600, "jpegvar": 600, "png1mp": 600, "pngreal": 120, "tiny64": 5000}
+QUICK_COUNTS = {"jpeg1mp": 48, "jpeg4mp": 24, "jpegvar": 48, "png1mp": 48, "pngreal": 24, "tiny64": 400}
+# Sets built by this repository's scripts rather than shared/bench/make_corpus.py.
+LOCAL_SETS = {"pngreal": Path(__file__).resolve().parent / "make_png_set.py"}
 ENGINE_WORKERS = {  # compare.py engine -> _worker.py engine
     "ours": "datago",
     "reference": "datago",
@@ -178,9 +180,14 @@ def ensure_corpus(settings: Settings, set_name: str) -> Corpus:
     root, manifest_path = out / set_name, out / f"{set_name}.manifest.json"
     if not _corpus_complete(root, manifest_path, count):
         print(f"building corpus {set_name} ({count} images) in {out}", file=sys.stderr)
-        script = settings.shared / "bench" / "make_corpus.py"
-        options = {"out": out, "set": set_name, "count": count, "seed": 0}
-        command = [sys.executable, str(script), *_flags(options), "--force"]
+        if set_name in LOCAL_SETS:
+            photos = settings.shared / "bench" / "photos"
+            options = {"out": out, "count": count, "photos": photos}
+            command = [sys.executable, str(LOCAL_SETS[set_name]), *_flags(options)]
+        else:
+            script = settings.shared / "bench" / "make_corpus.py"
+            options = {"out": out, "set": set_name, "count": count, "seed": 0}
+            command = [sys.executable, str(script), *_flags(options), "--force"]
         subprocess.run(command, check=True, stdout=sys.stderr)
     images = json.loads(manifest_path.read_text())["images"]
     return Corpus(

@@ -179,7 +179,7 @@ def test_decoded_pixels_match_pillow_for_every_mode(tmp_path: Path) -> None:
         expected = expected[:, :, None] if expected.ndim == 2 else expected
         got = samples[name].image.to_numpy_array()
         if name == "lossy.webp" or name == "anim.gif":
-            # GIF: transparent palette entries come out (0,0,0,0) in stb; compare opaque pixels.
+            # GIF: transparent palette entries come out (0,0,0,0) (docs/decoding.md); compare opaque pixels.
             mask = expected[..., -1] == 255 if name == "anim.gif" else np.ones(expected.shape[:2], bool)
             np.testing.assert_array_equal(got[mask], expected[mask], err_msg=name)
         else:

@@ -1,6 +1,6 @@
-//! Vendored C codecs, compiled into libdatago: stb_image (PNG, BMP, GIF, JPEG
-//! fallback), libjpeg-turbo 3.1.2 (JPEG decode and encode), libwebp 1.2.4 (WebP
-//! decode, first frame of animations). Provenance: native/vendor/*/VENDORED.md.
+//! Vendored C codecs, compiled into libdatago: Wuffs v0.3.4 (PNG, GIF, BMP),
+//! libjpeg-turbo 3.1.2 (JPEG decode and encode), libwebp 1.2.4 (WebP decode,
+//! first frame of animations). Provenance: native/vendor/*/VENDORED.md.
 //!
 //! build.zig calls `options(b, target)` once, then `addTo(b, mod, opts)` for the
 //! module that imports src/decode/*.zig. Each codec becomes a static library
@@ -24,7 +24,7 @@
 //! Every vendored C file is compiled with -DNDEBUG -fno-sanitize=undefined
 //! -fvisibility=hidden: ReleaseSafe would otherwise turn C undefined behaviour on
 //! hostile input into a SIGILL that kills Python, and without hidden visibility
-//! the .so would export (and clash with Pillow's) libjpeg/libwebp/stbi symbols.
+//! the .so would export (and clash with Pillow's) libjpeg/libwebp/Wuffs symbols.
 const std = @import("std");
 
 pub const Options = struct {
@@ -36,7 +36,7 @@ pub const Options = struct {
     /// The nasm executable, when found on PATH.
     nasm: ?[]const u8,
     /// Compile the vendored C and the shims with UBSan in trap mode instead of
-    /// -fno-sanitize=undefined. For fuzzing builds only: stb_image has known
+    /// -fno-sanitize=undefined. For fuzzing builds only: vendored C with
     /// undefined behaviour on hostile input, which would then kill the process.
     sanitize: bool,
     /// The `build_options` module contents (holds `jpeg_simd`).
@@ -108,7 +108,7 @@ pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) void {
     const optimize = mod.optimize orelse .safe;
     mod.linkLibrary(addJpeg(b, target, optimize, opts));
     mod.linkLibrary(addWebp(b, target, optimize, opts));
-    mod.linkLibrary(addStb(b, target, optimize, opts));
+    mod.linkLibrary(addWuffs(b, target, optimize, opts));
     mod.addOptions("build_options", opts.build_options);
 }
 
@@ -292,20 +292,21 @@ fn addWebp(
     return b.addLibrary(.{ .name = "datago_webp", .linkage = .static, .root_module = wmod });
 }
 
-// ---- stb_image: one translation unit, configured in src/decode/stb_impl.c. ----
+// ---- Wuffs: one translation unit, configured in src/decode/wuffs_shim.c. ----
 
-fn addStb(
+fn addWuffs(
     b: *std.Build,
     target: std.Build.ResolvedTarget,
     optimize: std.lang.Optimize,
     opts: Options,
 ) *std.Build.Step.Compile {
-    const smod = cModule(b, target, optimize, opts);
-    smod.addIncludePath(opts.root.path(b, "vendor/stb"));
-    smod.addCSourceFiles(.{
+    const wmod = cModule(b, target, optimize, opts);
+    wmod.addIncludePath(opts.root.path(b, "vendor/wuffs"));
+    wmod.addCSourceFiles(.{
         .root = opts.root,
-        .files = &.{"src/decode/stb_impl.c"},
-        .flags = cFlags(b, opts, &.{"-O2"}),
+        .files = &.{"src/decode/wuffs_shim.c"},
+        // -O3, as Wuffs' own example and benchmark builds use.
+        .flags = cFlags(b, opts, &.{"-O3"}),
     });
-    return b.addLibrary(.{ .name = "datago_stb", .linkage = .static, .root_module = smod });
+    return b.addLibrary(.{ .name = "datago_wuffs", .linkage = .static, .root_module = wmod });
 }

@@ -342,10 +342,10 @@ export fn datago_build_info() [*:0]const u8 {
     var w: std.Io.Writer = .fixed(build_info_buffer[0 .. build_info_buffer.len - 1]);
     w.print("{{\"version\":\"{s}\",\"abi\":{d},\"optimize\":\"{s}\",\"cpu\":\"{s}\"," ++
         "\"jpeg\":\"libjpeg-turbo 3.1.2\",\"jpeg_simd_built\":{},\"jpeg_simd\":\"{s}\"," ++
-        "\"png\":\"stb_image 2.27 (Debian 0.0~git20220908)\",\"gif\":\"stb_image\",\"bmp\":\"stb_image\"," ++
+        "\"png\":\"Wuffs 0.3.4\",\"gif\":\"Wuffs 0.3.4\",\"bmp\":\"Wuffs 0.3.4\"," ++
         "\"webp\":\"libwebp 1.2.4 (Debian 1.2.4-0.2+deb12u1)\",\"png_encoder\":\"datago\"}}", .{
-        version,                    types.abi_version,                     @tagName(builtin.mode),
-        builtin.cpu.model.name,     build_options.jpeg_simd,               @import("decode/jpeg.zig").simdLevel(),
+        version,                types.abi_version,       @tagName(builtin.mode),
+        builtin.cpu.model.name, build_options.jpeg_simd, @import("decode/jpeg.zig").simdLevel(),
     }) catch {};
     const n = w.buffered().len;
     build_info_buffer[n] = 0;

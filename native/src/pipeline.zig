@@ -20,7 +20,6 @@ const Io = std.Io;
 const Allocator = std.mem.Allocator;
 
 const abi = @import("abi_types.zig");
-const alloc_hooks = @import("alloc_hooks.zig");
 const config_mod = @import("config.zig");
 const decoder = @import("decode/decoder.zig");
 const files = @import("sources/files.zig");
@@ -340,8 +339,8 @@ pub const Pass = struct {
         const samples = c.delivered - pass.report.delivered;
         const megabytes = @as(f64, @floatFromInt(c.bytes_delivered - pass.report.bytes)) / 1e6;
         log.info(.pipeline, "pass {d}: {d} samples delivered ({d:.1} img/s, {d:.1} MB/s over the last {d:.0} s), {d} failed (most frequent: {s})", .{
-            pass.epoch,                                 c.delivered, @as(f64, @floatFromInt(samples)) / seconds, megabytes / seconds,
-            seconds,                                    c.failed,    if (c.failed > 0) @tagName(mostFrequentCause(c)) else "none",
+            pass.epoch, c.delivered, @as(f64, @floatFromInt(samples)) / seconds,                   megabytes / seconds,
+            seconds,    c.failed,    if (c.failed > 0) @tagName(mostFrequentCause(c)) else "none",
         });
         pass.report = .{ .at_ns = t, .delivered = c.delivered, .bytes = c.bytes_delivered };
     }
@@ -424,7 +423,6 @@ pub const Pass = struct {
     }
 
     fn workerMain(pass: *Pass, index: u32) void {
-        alloc_hooks.allocator = pass.gpa;
         current_pass = pass;
         var scratch: Scratch = .{};
         if (index == 0) pass.runListing();

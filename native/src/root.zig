@@ -3,7 +3,6 @@
 const std = @import("std");
 
 pub const abi = @import("abi.zig");
-const alloc_hooks = @import("alloc_hooks.zig");
 const pipeline = @import("pipeline.zig");
 
 pub const std_options: std.Options = .{
@@ -30,7 +29,6 @@ fn datagoPanic(msg: []const u8, first_trace_addr: ?usize) noreturn {
 
 comptime {
     _ = abi;
-    _ = alloc_hooks;
 }
 
 test {
@@ -42,6 +40,7 @@ test {
     _ = @import("sample.zig");
     _ = @import("sources/files.zig");
     _ = @import("decode/decoder.zig");
+    _ = @import("decode/wuffs.zig");
     _ = @import("stats.zig");
     _ = @import("batcher.zig");
     _ = @import("buffers.zig");

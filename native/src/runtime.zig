@@ -51,7 +51,7 @@ pub var live_cleanups: std.atomic.Value(i64) = .init(0);
 pub var live_passes: std.atomic.Value(i64) = .init(0);
 
 /// Stack of every worker thread. Decoders and resizers keep their buffers on
-/// the heap; 4 MiB leaves a wide margin for libjpeg's and stb's frames.
+/// the heap; 4 MiB leaves a wide margin for libjpeg's and libwebp's frames.
 pub const thread_stack_bytes = 4 * 1024 * 1024;
 
 /// The number of CPUs this process may use: the affinity mask, further capped

@@ -2,10 +2,10 @@
 //! and returns the decoded image in the layout of spec §3.2.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
-const alloc_hooks = @import("../alloc_hooks.zig");
+const buffers = @import("../buffers.zig");
 const sample = @import("../sample.zig");
 const jpeg = @import("jpeg.zig");
-const stb = @import("stb.zig");
+const wuffs = @import("wuffs.zig");
 const webp = @import("webp.zig");
 
 pub const Format = enum { jpeg, png, gif, bmp, webp, unknown };
@@ -68,10 +68,10 @@ pub const Diagnostics = struct {
     }
 };
 
-/// Decodes `bytes`. The result's buffer comes from `gpa`, which must be the
-/// allocator behind alloc_hooks on this thread (runtime.gpa in the library).
-/// Every decoder checks the header's size against `max_pixels` before it
-/// allocates pixels.
+/// Decodes `bytes`; the result's buffer comes from `gpa`. Every decoder
+/// checks the header's size against `max_pixels` before it allocates pixels,
+/// and refuses a file whose image is not all there or fails an integrity
+/// check (docs/decoding.md).
 pub fn decode(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
     if (bytes.len == 0) {
         diag.set("empty file", .{});
@@ -84,7 +84,9 @@ pub fn decode(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnos
         },
         .jpeg => decodeJpeg(gpa, bytes, max_pixels, diag),
         .webp => decodeWebp(gpa, bytes, max_pixels, diag),
-        .png, .gif, .bmp => decodeStb(gpa, bytes, max_pixels, diag),
+        .png => decodeWuffs(gpa, .png, bytes, max_pixels, diag),
+        .gif => decodeWuffs(gpa, .gif, bytes, max_pixels, diag),
+        .bmp => decodeWuffs(gpa, .bmp, bytes, max_pixels, diag),
     };
 }
 
@@ -126,24 +128,22 @@ fn decodeJpeg(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnos
     var pixels = try allocPixels(gpa, header.width, header.height, jpeg.outputChannels(header), diag);
     errdefer pixels.deinit(gpa);
     jpeg.decode(bytes, .{}, pixels.data, &jdiag) catch |err| return jpegError(err, &jdiag, diag);
-    try checkJpegWarnings(&jdiag, diag);
     return pixels;
 }
 
-/// libjpeg recovers from damaged data with warnings; a premature end leaves
-/// a grey bottom that must not reach training as if it were the image.
-pub fn checkJpegWarnings(jdiag: *const jpeg.Diagnostics, diag: *Diagnostics) Error!void {
-    if (jdiag.warnings == 0) return;
-    if (std.mem.indexOf(u8, jdiag.text(), "Premature end") != null) {
-        diag.set("truncated: {s}", .{jdiag.text()});
-        return error.Truncated;
-    }
-}
-
+/// libjpeg's message, with what it means for the file in front: damage
+/// warnings stop the decode (jpeg_shim.c), so a grey-painted or garbled
+/// image never reaches training as if it were the image.
 pub fn jpegError(err: jpeg.Error, jdiag: *const jpeg.Diagnostics, diag: *Diagnostics) Error {
-    diag.set("{s}", .{if (jdiag.text().len > 0) jdiag.text() else @errorName(err)});
+    const text = if (jdiag.text().len > 0) jdiag.text() else @errorName(err);
+    switch (err) {
+        error.Truncated => diag.set("truncated: the JPEG data ends before the image does ({s})", .{text}),
+        error.Corrupt => diag.set("corrupt JPEG: {s}", .{text}),
+        else => diag.set("{s}", .{text}),
+    }
     return switch (err) {
         error.NotJpeg, error.Corrupt => error.Corrupt,
+        error.Truncated => error.Truncated,
         error.Unsupported => error.Unsupported,
         error.TooLarge => error.TooLarge,
         error.OutOfMemory => error.NoMemory,
@@ -151,6 +151,14 @@ pub fn jpegError(err: jpeg.Error, jdiag: *const jpeg.Diagnostics, diag: *Diagnos
 }
 
 fn decodeWebp(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
+    // libwebp's animation decoder (which also reads still files) says only
+    // "failed" for a cut file; the RIFF header says how long the file is.
+    std.debug.assert(bytes.len >= 12); // sniff() saw "RIFF....WEBP"
+    const riff_bytes = @as(u64, std.mem.readInt(u32, bytes[4..8], .little)) + 8;
+    if (bytes.len < riff_bytes) {
+        diag.set("truncated: the WebP file has {d} bytes, its RIFF header declares {d}", .{ bytes.len, riff_bytes });
+        return error.Truncated;
+    }
     const info = webp.readInfo(bytes) catch |err| return webpError(err, diag);
     if (@as(u64, info.width) * info.height > max_pixels) return tooLarge(diag, info.width, info.height, max_pixels);
     const channels: u8 = if (info.has_alpha) 4 else 3;
@@ -176,43 +184,79 @@ fn webpError(err: webp.Error, diag: *Diagnostics) Error {
     };
 }
 
-fn decodeStb(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
-    std.debug.assert(alloc_hooks.allocator == null or alloc_hooks.allocator.?.ptr == gpa.ptr);
-    const image = stb.decode(bytes, max_pixels) catch |err| {
-        switch (err) {
-            error.TooLarge => {
-                const info = stb.readInfo(bytes) catch stb.Info{ .width = 0, .height = 0, .channels = 0, .bit_depth = 0 };
-                diag.set("{d}x{d} pixels is more than max_pixels ({d})", .{ info.width, info.height, max_pixels });
-                return error.TooLarge;
-            },
-            error.OutOfMemory => {
-                diag.set("out of memory", .{});
-                return error.NoMemory;
-            },
-            error.Unsupported => {
-                diag.set("{s}", .{stb.failureReason()});
-                return error.Unsupported;
-            },
-            error.Corrupt => {
-                diag.set("{s}", .{stb.failureReason()});
-                return error.Corrupt;
-            },
-        }
+/// PNG, GIF, BMP. Memory: the header's image (`decode_bytes`, sized before
+/// any pixel data is read) and the PNG work buffer, both pooled, plus
+/// Wuffs' fixed decoder state; see wuffs.zig.
+fn decodeWuffs(gpa: Allocator, format: wuffs.Format, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
+    var wdiag: wuffs.Diagnostics = .{};
+    const header = wuffs.readHeader(gpa, format, bytes, &wdiag) catch |err| return wuffsError(format, err, &wdiag, diag);
+    if (@as(u64, header.width) * header.height > max_pixels) return tooLarge(diag, header.width, header.height, max_pixels);
+    const buffer = sample.Pixels.alloc(gpa, @intCast(header.decode_bytes)) catch {
+        diag.set("out of memory for {d}x{d} pixels", .{ header.width, header.height });
+        return error.NoMemory;
     };
-    const bytes_per_sample: usize = image.bit_depth / 8;
-    const len = @as(usize, image.width) * image.height * image.channels * bytes_per_sample;
-    std.debug.assert(image.pixels.len == len);
-    return .{
-        .data = image.pixels,
-        .backing = alloc_hooks.backing(image.pixels.ptr),
-        .pooled = false,
-        .width = image.width,
-        .height = image.height,
-        .channels = image.channels,
-        .bit_depth = image.bit_depth,
-        .original_width = image.width,
-        .original_height = image.height,
-        .crop = .{ 0, 0, @floatFromInt(image.width), @floatFromInt(image.height) },
+    var pixels: sample.Pixels = .{
+        .data = buffer[0..@intCast(header.pixelBytes())],
+        .backing = buffer,
+        .width = header.width,
+        .height = header.height,
+        .channels = header.channels,
+        .bit_depth = header.bit_depth,
+        .original_width = header.width,
+        .original_height = header.height,
+        .crop = .{ 0, 0, @floatFromInt(header.width), @floatFromInt(header.height) },
+    };
+    errdefer pixels.deinit(gpa);
+    // A GIF's first frame may cover only part of its screen: the rest is
+    // transparent, not what the buffer held before.
+    if (format == .gif) @memset(buffer, 0);
+    const work: []align(16) u8 = if (header.work_bytes == 0) &.{} else buffers.alloc(gpa, @intCast(header.work_bytes)) catch {
+        diag.set("out of memory for the {d}x{d} image's work buffer", .{ header.width, header.height });
+        return error.NoMemory;
+    };
+    defer if (work.len > 0) buffers.free(gpa, work);
+    wuffs.decode(gpa, header, bytes, buffer, work, &wdiag) catch |err| return wuffsError(format, err, &wdiag, diag);
+    return pixels;
+}
+
+/// Wuffs' terse words for the failures a person is most likely to meet.
+fn plainWords(words: []const u8) []const u8 {
+    const table = [_][2][]const u8{
+        .{ "too much data", "it inflates to more than its declared image" },
+        .{ "bad checksum", "a checksum does not match: the bytes were altered" },
+        .{ "short read", "the file ends early" },
+        .{ "truncated input", "the file ends early" },
+        .{ "bad header", "its header is invalid" },
+    };
+    for (table) |entry| {
+        if (std.mem.eql(u8, words, entry[0])) return entry[1];
+    }
+    return words;
+}
+
+/// Turns Wuffs' status ("#png: bad checksum") into a reason that says what
+/// happened to the file, keeping Wuffs' words for the detail.
+fn wuffsError(format: wuffs.Format, err: wuffs.Error, wdiag: *const wuffs.Diagnostics, diag: *Diagnostics) Error {
+    const name = switch (format) {
+        .png => "PNG",
+        .gif => "GIF",
+        .bmp => "BMP",
+    };
+    const raw = wdiag.text();
+    // Wuffs' texts start with a kind sigil and a package: "#png: ", "$base: ".
+    const wuffs_words = if (std.mem.indexOf(u8, raw, ": ")) |at| raw[at + 2 ..] else raw;
+    const detail = plainWords(wuffs_words);
+    switch (err) {
+        error.Truncated => diag.set("truncated: the {s} data ends before the image does ({s})", .{ name, detail }),
+        error.Corrupt => diag.set("corrupt: the {s} data is damaged ({s})", .{ name, detail }),
+        error.Unsupported => diag.set("unsupported {s} variant ({s})", .{ name, detail }),
+        error.OutOfMemory => diag.set("out of memory decoding a {s} file", .{name}),
+    }
+    return switch (err) {
+        error.Truncated => error.Truncated,
+        error.Corrupt => error.Corrupt,
+        error.Unsupported => error.Unsupported,
+        error.OutOfMemory => error.NoMemory,
     };
 }
 

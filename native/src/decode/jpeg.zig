@@ -14,7 +14,10 @@
 const std = @import("std");
 
 /// Why a call failed. Text for the failure (libjpeg's message) goes to `Diagnostics`.
-pub const Error = error{ NotJpeg, Corrupt, Unsupported, TooLarge, OutOfMemory };
+/// `Truncated`: the data ends before the image does (libjpeg's JWRN_JPEG_EOF or
+/// JWRN_HIT_MARKER); `Corrupt` also covers damage warnings (bad Huffman code,
+/// a progressive file labelled baseline, ...): both stop the decode.
+pub const Error = error{ NotJpeg, Corrupt, Truncated, Unsupported, TooLarge, OutOfMemory };
 
 /// The colour space recorded in the file (libjpeg's `jpeg_color_space`).
 pub const ColorSpace = enum { gray, ycbcr, rgb, cmyk, ycck, other };
@@ -171,6 +174,7 @@ const Status = enum(c_int) {
     too_large = 4,
     no_memory = 5,
     bad_argument = 6,
+    truncated = 7,
     _,
 };
 
@@ -245,6 +249,7 @@ fn check(status_code: c_int, report: *const CReport, diag: ?*Diagnostics) Error!
         .ok => {},
         .not_jpeg => error.NotJpeg,
         .corrupt => error.Corrupt,
+        .truncated => error.Truncated,
         .unsupported => error.Unsupported,
         .too_large => error.TooLarge,
         .no_memory => error.OutOfMemory,
@@ -425,19 +430,35 @@ test "bad input fails with the right error and a message" {
     defer gpa.free(pixels);
     const file = try encode(gpa, pixels, 64, 48, 3, 90, null);
     defer gpa.free(file);
-    // Cut inside the header: no frame at all.
-    try testing.expectError(error.Corrupt, readHeader(file[0..30], &diag));
+    // Cut inside the header: no frame at all, and libjpeg says the file ended.
+    try testing.expectError(error.Truncated, readHeader(file[0..30], &diag));
 
-    // Cut inside the scan: libjpeg warns and pads, unless asked to be strict.
+    // Cut inside the scan: libjpeg's JWRN_JPEG_EOF stops the decode, strict or not.
     const scan_start = std.mem.find(u8, file, "\xff\xda").?;
     const truncated = file[0 .. scan_start + (file.len - scan_start) / 2];
     const out = try gpa.alloc(u8, pixels.len);
     defer gpa.free(out);
-    try decode(truncated, .{}, out, &diag);
-    try testing.expect(diag.warnings >= 1);
-    try testing.expect(diag.text().len > 0);
-    try testing.expectError(error.Corrupt, decode(truncated, .{ .warnings_are_errors = true }, out, &diag));
+    try testing.expectError(error.Truncated, decode(truncated, .{}, out, &diag));
     try testing.expectEqual(@as(u32, 1), diag.warnings);
+    try testing.expectEqualStrings("Premature end of JPEG file", diag.text());
+    try testing.expectError(error.Truncated, decode(truncated, .{ .warnings_are_errors = true }, out, &diag));
+
+    // A scan cut by a marker: JWRN_HIT_MARKER, whose text is lower-case.
+    const cut = try std.mem.concat(gpa, u8, &.{ truncated, "\xff\xd9" });
+    defer gpa.free(cut);
+    try testing.expectError(error.Truncated, decode(cut, .{}, out, &diag));
+    try testing.expectEqualStrings("Corrupt JPEG data: premature end of data segment", diag.text());
+
+    // Stray bytes between markers (JWRN_EXTRANEOUS_DATA) leave the pixels whole.
+    const clean = try gpa.alloc(u8, pixels.len);
+    defer gpa.free(clean);
+    try decode(file, .{}, clean, &diag);
+    const stray = try std.mem.concat(gpa, u8, &.{ file[0..scan_start], "\x00\x00", file[scan_start..] });
+    defer gpa.free(stray);
+    try decode(stray, .{}, out, &diag);
+    try testing.expectEqual(@as(u32, 1), diag.warnings);
+    try testing.expectEqualSlices(u8, clean, out);
+    try testing.expectError(error.Corrupt, decode(stray, .{ .warnings_are_errors = true }, out, &diag));
 }
 
 /// Inserts an APP1 Exif block carrying `orientation` right after SOI.

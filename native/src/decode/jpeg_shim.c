@@ -32,6 +32,7 @@ enum {
   DG_JPEG_TOO_LARGE = 4,
   DG_JPEG_NO_MEMORY = 5,
   DG_JPEG_BAD_ARGUMENT = 6, /* a caller bug: jpeg.zig asserts on it */
+  DG_JPEG_TRUNCATED = 7,
 };
 
 /* A legitimate progressive JPEG has about 10 scans; thousands of tiny scans
@@ -140,15 +141,44 @@ static void dg_output_message(j_common_ptr cinfo) {
   if (err->report->message_len == 0) dg_format_into_report(cinfo);
 }
 
-/* msg_level < 0 is a warning: corrupt data or a premature end that libjpeg
- * papers over (the missing part comes out grey). Levels >= 0 are trace
- * messages and are dropped. The first warning's text is kept. */
+/* Which warnings mean the image is not all there or not what was encoded,
+ * by libjpeg's warning code (the message text is for people: "Premature end
+ * of JPEG file" and "Corrupt JPEG data: premature end of data segment" are
+ * both truncations). libjpeg would paint the missing part grey or decode
+ * garbage and carry on; we stop and refuse the file (docs/decoding.md). The
+ * other warnings (extraneous bytes between markers, an unknown Adobe
+ * transform or JFIF revision, a bad ICC marker) leave the pixels intact. */
+static int dg_warning_damage(int msg_code) {
+  switch (msg_code) {
+  case JWRN_JPEG_EOF:    /* the file ends before the last scan does */
+  case JWRN_HIT_MARKER:  /* a scan ends (a marker) before its data does */
+    return DG_JPEG_TRUNCATED;
+  case JWRN_HUFF_BAD_CODE:
+  case JWRN_ARITH_BAD_CODE:
+  case JWRN_MUST_RESYNC:       /* restart markers out of order */
+  case JWRN_NOT_SEQUENTIAL:    /* e.g. a progressive file labelled baseline */
+  case JWRN_BOGUS_PROGRESSION: /* progressive scans that do not add up */
+    return DG_JPEG_CORRUPT;
+  default:
+    return DG_JPEG_OK;
+  }
+}
+
+/* msg_level < 0 is a warning: damaged data that libjpeg papers over, or a
+ * harmless oddity. Levels >= 0 are trace messages and are dropped. A damage
+ * warning ends the call with its status and text; otherwise the first
+ * warning's text is kept. */
 static void dg_emit_message(j_common_ptr cinfo, int msg_level) {
   dg_error_mgr *err = (dg_error_mgr *)cinfo->err;
   if (msg_level >= 0) return;
   err->pub.num_warnings++;
   err->report->warnings++;
-  if (err->report->message_len == 0) dg_format_into_report(cinfo);
+  int damage = dg_warning_damage(err->pub.msg_code);
+  if (err->report->message_len == 0 || damage != DG_JPEG_OK) dg_format_into_report(cinfo);
+  if (damage != DG_JPEG_OK) {
+    err->report->status = damage;
+    longjmp(err->jump, 1);
+  }
   if (err->warnings_are_errors) {
     /* Stop at the first warning: the caller will reject the image anyway. */
     err->report->status = DG_JPEG_CORRUPT;
