@@ -66,17 +66,22 @@ def _cpu_flags() -> set[str]:
 
 
 def _installed_package_dir() -> Path | None:
-    """The `datago/` folder of the installed distribution, when it is not
-    this one: running a script from the root of a clone puts the clone's
+    """The `datago/` folder of an installed distribution that is not this
+    one: running a script from the root of a clone puts the clone's
     `datago/` (which has no library unless `python build.py` ran) ahead of the
-    package that `pip install .` built from that same clone."""
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
+    package that `pip install .` built from that same clone. That build also
+    leaves `datago.egg-info` in the clone, which names the clone's folder:
+    every distribution is looked at, not just the first."""
+    from importlib.metadata import distributions
 
-        folder = Path(str(distribution("datago").locate_file("datago"))).resolve()
-    except (PackageNotFoundError, OSError, ValueError):
-        return None
-    return None if folder == _PACKAGE_DIR else folder
+    for dist in distributions(name="datago"):
+        try:
+            folder = Path(str(dist.locate_file("datago"))).resolve()
+        except (OSError, ValueError):
+            continue
+        if folder != _PACKAGE_DIR and (folder / _LIBRARY_NAME).is_file():
+            return folder
+    return None
 
 
 def _library_path() -> Path:

@@ -75,6 +75,8 @@ class DatagoClient:
         ``batch_size``), or ``None`` at the end of the pass. Same waiting
         rules as ``get_sample()``."""
         handle = self._live_handle()
+        if not self._batching:
+            raise DatagoError("this client hands out single samples (no batch_size in its config): use get_sample() or iterate over it")
         out = ffi.new("datago_batch **")
         status = self._wait(lambda: lib.datago_loader_next_batch(handle, self._slice_ms, out))
         if status == _native.OK:

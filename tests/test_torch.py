@@ -75,6 +75,14 @@ def test_set_epoch_reshuffles_reproducibly(image_dir) -> None:
     assert sorted(orders[0]) == sorted(orders[1])
 
 
+def test_len_counts_samples_and_is_refused_in_batch_mode(image_dir) -> None:
+    root = image_dir(4)
+    assert len(datago.DatagoIterDataset(config(root, limit=3))) == 3
+    batched = datago.DatagoIterDataset(config(root, limit=3, batch_size=2))
+    with pytest.raises(TypeError, match="no length in batch mode"):
+        len(batched)
+
+
 def test_batches_through_a_dataloader(image_dir) -> None:
     root = image_dir(10)
     image_dir(7, size=(16, 24), sub="portrait")
