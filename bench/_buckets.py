@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets and cover-crop geometry of spec §5.1 and §5.3, in plain Python.
+"""Aspect-ratio buckets and cover-crop geometry of docs/compatibility.md §5.1 and §5.3, in plain Python.
 
 The baseline engines of the benchmark use this to do the same work as datago's
 `crop_and_resize`: pick the same bucket, cover-resize, centre-crop.
@@ -31,7 +31,7 @@ class Buckets:
     def generate(
         cls, default_image_size: int, downsampling_ratio: int, min_ar: float, max_ar: float
     ) -> Buckets:
-        """Spec §5.1 generation: a later size with the same 3-decimal key replaces the earlier."""
+        """docs/compatibility.md §5.1 generation: a later size with the same 3-decimal key replaces the earlier."""
         patches = default_image_size // downsampling_ratio
         area = float(patches * patches)
         by_key: dict[str, tuple[int, int]] = {}
@@ -48,7 +48,7 @@ class Buckets:
         return cls(tuple(key for key, _ in ordered), tuple(size for _, size in ordered))
 
     def choose(self, width: int, height: int) -> tuple[int, int]:
-        """Spec §5.1 choice: nearest 3-decimal key, an exact tie goes to the higher bucket."""
+        """docs/compatibility.md §5.1 choice: nearest 3-decimal key, an exact tie goes to the higher bucket."""
         ratio = width / height
         index = bisect.bisect_left(self.keys, ratio)
         if index < len(self.keys) and self.keys[index] == ratio:
@@ -63,7 +63,7 @@ class Buckets:
 
 @dataclass(frozen=True)
 class CoverCrop:
-    """Spec §5.3: resize to `resized`, then take the `crop` (w, h) box at (`left`, `top`)."""
+    """docs/compatibility.md §5.3: resize to `resized`, then take the `crop` (w, h) box at (`left`, `top`)."""
 
     resized: tuple[int, int]
     left: float

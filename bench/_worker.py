@@ -89,7 +89,7 @@ class PassClock:
         if self.delivered != self.expected:
             raise RuntimeError(
                 f"delivered {self.delivered} images, expected {self.expected}"
-                + (" (over-delivery, spec §11.12)" if self.delivered > self.expected else "")
+                + (" (over-delivery, docs/compatibility.md §11.12)" if self.delivered > self.expected else "")
             )
         images = self.expected - 1
         cpu_per_image = (self._last[1] - self._first[1]) / images
@@ -210,7 +210,7 @@ class _TimedItems:
 
 
 def _pil_loader(image_config: dict | None) -> tuple[Callable[[Path], np.ndarray], dict[str, str]]:
-    """Decode with Pillow, convert to RGB, cover-crop into the bucket (spec §5.3), to numpy."""
+    """Decode with Pillow, convert to RGB, cover-crop into the bucket (docs/compatibility.md §5.3), to numpy."""
     from PIL import Image
 
     buckets = Buckets.from_image_config(image_config) if image_config else None

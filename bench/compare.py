@@ -14,7 +14,7 @@ Engines (each in a fresh process, `_worker.py`):
   pil-loop   Pillow in a plain loop on one thread (1-core runs only)
   ceiling    libjpeg-turbo via simplejpeg, decode only, `cores` threads; JPEG sets only
 Every engine decodes, converts what it must and hands over a numpy array per image. The bucket
-workloads cover-resize and centre-crop into the spec §5.1 bucket with Lanczos (datago:
+workloads cover-resize and centre-crop into the docs/compatibility.md §5.1 bucket with Lanczos (datago:
 `crop_and_resize`; pil: Pillow, same geometry, _buckets.py); the ceiling only DCT-scales its
 decode to the smallest size that still covers the bucket.
 
@@ -26,7 +26,7 @@ Method:
 - A process makes `--passes` passes. In each, time to first sample (TTFS) runs from building
   the client (DataLoader, thread pool) to the first image; the first image is then dropped and
   the steady-state window runs to the last one. Each pass must deliver exactly the corpus
-  size: more (the reference's over-delivery, spec §11.12) or fewer is an error.
+  size: more (the reference's over-delivery, docs/compatibility.md §11.12) or fewer is an error.
 - CPU is process CPU over the window, all threads; for `pil` each DataLoader worker reports
   its own CPU clock with every image and the workers' share is added (see _worker.PassClock).
 - Figures are medians over passes: img/s; CPU ms per image (the steadier figure; "±" is half

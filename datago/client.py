@@ -1,4 +1,4 @@
-"""``DatagoClient``: the reference's client (spec §1.2, §2) over libdatago."""
+"""``DatagoClient``: the reference's client (docs/compatibility.md §1.2, §2) over libdatago."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from .types import Batch, Sample
 _logger = logging.getLogger("datago")
 
 #: Slice of a blocking wait: Ctrl-C and other Python threads get a chance at
-#: least this often (spec §2.5).
+#: least this often (docs/compatibility.md §2.5).
 POLL_MS = 100
 
 
 class DatagoClient:
-    """Loads samples described by a JSON configuration (spec §4).
+    """Loads samples described by a JSON configuration (docs/compatibility.md §4).
 
     ``DatagoClient(config_json)`` validates the configuration (a bad one raises
     ``ConfigError`` naming the key) but does no I/O and starts no thread: the
@@ -125,7 +125,7 @@ class DatagoClient:
         return None
 
     def get_sample_auto_convert(self) -> dict[str, Any] | None:
-        """Like ``get_sample()`` but a plain dict with PIL images (spec §3.4)."""
+        """Like ``get_sample()`` but a plain dict with PIL images (docs/compatibility.md §3.4)."""
         sample = self.get_sample()
         return None if sample is None else sample.to_dict()
 

@@ -125,7 +125,7 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
     string, as for ``DatagoClient``).
 
     With ``return_python_types=True`` each item is the dict of
-    ``get_sample_auto_convert()`` (spec §3.4) with ``attributes`` decoded by
+    ``get_sample_auto_convert()`` (docs/compatibility.md §3.4) with ``attributes`` decoded by
     ``json.loads`` and images as PIL images; with ``False`` the same dict with
     images as zero-copy ``torch.Tensor`` (H x W x C, uint8, or int16 views of
     16-bit data are not offered: 16-bit images come as uint16 NumPy arrays).

@@ -1,6 +1,6 @@
 """Native log lines into Python's ``logging`` (logger ``datago`` and its
 children ``datago.files``, ``datago.pipeline``...), and ``initialize_logging``
-for the native level (spec §8).
+for the native level (docs/compatibility.md §8).
 
 Native threads never wait for Python: the library queues lines (1024 at
 most, the oldest dropped and counted when Python falls behind), and a daemon

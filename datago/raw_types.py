@@ -1,4 +1,4 @@
-"""The reference's ``python/raw_types.py`` helpers (spec §1.7), working for
+"""The reference's ``python/raw_types.py`` helpers (docs/compatibility.md §1.7), working for
 every payload kind: raw 8/16-bit, encoded and empty."""
 
 from __future__ import annotations

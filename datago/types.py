@@ -48,7 +48,7 @@ class LatentPayload:
 
 
 class RawImagePayload:
-    """The raw payload of one image (spec §1.4): pixels or an encoded file and
+    """The raw payload of one image (docs/compatibility.md §1.4): pixels or an encoded file and
     their geometry. Every attribute is readable and writable, as in the
     reference; ``data`` copies the native bytes into ``bytes`` on access,
     while ``to_numpy_array()`` is a zero-copy view."""
@@ -195,7 +195,7 @@ class RawImagePayload:
 
 
 class ImagePayload:
-    """One image of a sample (spec §1.3). Wraps a raw payload; PIL attributes
+    """One image of a sample (docs/compatibility.md §1.3). Wraps a raw payload; PIL attributes
     (``.size``, ``.mode``, ``.save``...) are delegated to a PIL image built on
     access, as the reference does."""
 
@@ -291,7 +291,7 @@ def _id_of(raw: bytes, is_file: bool) -> str:
 
 
 class Sample:
-    """A sample (spec §3.1). ``id`` is the reference's form: for files, the
+    """A sample (docs/compatibility.md §3.1). ``id`` is the reference's form: for files, the
     path JSON-quoted (``'"d1/b.jpg"'``); ``path`` is the plain path. Fields
     are settable, except ``attributes``, as in the reference."""
 
@@ -475,7 +475,7 @@ class Sample:
     # -- conversions ----------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The dict of ``get_sample_auto_convert()`` (spec §3.4): keys in the
+        """The dict of ``get_sample_auto_convert()`` (docs/compatibility.md §3.4): keys in the
         reference's order, images as PIL, attribute values JSON-serialised."""
         attributes = {key: json.dumps(value, ensure_ascii=False) for key, value in self.attributes_dict.items()}
         return {

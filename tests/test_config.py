@@ -1,5 +1,5 @@
 """Bad configurations fail at construction with ConfigError naming the key
-(spec §11.1, §11.2, §13); good reference configs keep working."""
+(docs/compatibility.md §11.1, §11.2, §13); good reference configs keep working."""
 
 from __future__ import annotations
 

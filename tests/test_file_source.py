@@ -1,4 +1,4 @@
-"""The file source against spec §3, §6.1, §7.1 and docs/design.md: every file
+"""The file source against docs/compatibility.md §3, §6.1, §7.1 and docs/design.md: every file
 once, the documented order, exact limits, rank shares, bad files skipped and
 counted, and samples that match what Pillow decodes."""
 
@@ -40,7 +40,7 @@ def test_every_file_once_in_sorted_order(image_dir) -> None:
     assert len(got) == 35
 
 
-def test_ids_are_json_quoted_paths_and_fields_match_the_spec(image_dir) -> None:
+def test_ids_are_json_quoted_paths_and_fields_match_the_reference(image_dir) -> None:
     root = image_dir(2)
     with datago.DatagoClient(file_config(root)) as client:
         sample = client.get_sample()

@@ -1,4 +1,4 @@
-"""Image processing against the spec (§5) and Pillow: bucket tables and
+"""Image processing against docs/compatibility.md §5 and Pillow: bucket tables and
 choice, crop geometry, pixels for every input mode, aligned masks, WebP,
 EXIF, pre-encoding and payload conversions."""
 
@@ -22,7 +22,7 @@ CFG_1024 = {"crop_and_resize": True, "default_image_size": 1024, "downsampling_r
 CFG_512 = {**CFG_1024, "default_image_size": 512, "downsampling_ratio": 16}
 CFG_64 = {**CFG_1024, "default_image_size": 64, "downsampling_ratio": 16}
 
-SPEC_1024 = [
+REFERENCE_1024 = [
     (0.489, 704, 1440), (0.523, 736, 1408), (0.535, 736, 1376), (0.571, 768, 1344), (0.585, 768, 1312),
     (0.625, 800, 1280), (0.667, 832, 1248), (0.684, 832, 1216), (0.730, 864, 1184), (0.778, 896, 1152),
     (0.829, 928, 1120), (0.882, 960, 1088), (0.939, 992, 1056), (1.000, 1024, 1024), (1.065, 1056, 992),
@@ -36,7 +36,7 @@ SPEC_1024 = [
 
 
 def model_buckets(size: int, ratio: int, min_ar: float, max_ar: float) -> list[tuple[float, int, int]]:
-    """Spec §5.1 written again in Python ('%.3f' rounds the exact binary value)."""
+    """docs/compatibility.md §5.1 written again in Python ('%.3f' rounds the exact binary value)."""
     p = size // ratio
     area = float(p * p)
     table: dict[str, tuple[int, int]] = {}
@@ -66,11 +66,11 @@ def model_choice(table: list[tuple[float, int, int]], width: int, height: int) -
     return below[1:] if t - below[0] < above[0] - t else above[1:]
 
 
-def test_the_spec_tables_exactly() -> None:
+def test_the_reference_tables_exactly() -> None:
     got = [(b.aspect_ratio, b.width, b.height) for b in datago.buckets(CFG_1024)]
-    assert [(round(k, 3), w, h) for k, w, h in got] == SPEC_1024
+    assert [(round(k, 3), w, h) for k, w, h in got] == REFERENCE_1024
     half = [(b.aspect_ratio, b.width, b.height) for b in datago.buckets(CFG_512)]
-    assert [(round(k, 3), 2 * w, 2 * h) for k, w, h in half] == SPEC_1024
+    assert [(round(k, 3), 2 * w, 2 * h) for k, w, h in half] == REFERENCE_1024
 
 
 @pytest.mark.parametrize(("size", "expected"), [((31, 20), (1280, 800)), ((181, 100), (1376, 736)), ((130, 100), (1152, 896)), ((1, 2000), (704, 1440)), ((2000, 1), (1440, 704)), ((1, 1), (1024, 1024))])
@@ -128,7 +128,7 @@ def test_fit_properties(config: dict, width: int, height: int) -> None:
 
 
 def write_modes(folder: Path) -> dict[str, Path]:
-    """One file per input mode of spec §5.4 (plus JPEG colour spaces)."""
+    """One file per input mode of docs/compatibility.md §5.4 (plus JPEG colour spaces)."""
     folder.mkdir(exist_ok=True)
     paths: dict[str, Path] = {}
 
@@ -157,7 +157,7 @@ def write_modes(folder: Path) -> dict[str, Path]:
 
 
 def pillow_decoded(path: Path) -> Image.Image:
-    """What datago decodes a file to, according to spec §5.4, built by Pillow."""
+    """What datago decodes a file to, according to docs/compatibility.md §5.4, built by Pillow."""
     image = Image.open(path)
     image.load()
     if image.mode == "P":
@@ -340,7 +340,7 @@ def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 
 def model_fit(width: int, height: int, W: int, H: int) -> tuple[float, float, float, float]:
-    """Spec §5.3: the centred crop of the cover-resized image, in source pixels."""
+    """docs/compatibility.md §5.3: the centred crop of the cover-resized image, in source pixels."""
     s = max(W / width, H / height)
     nw, nh = math.floor(width * s + 0.5), math.floor(height * s + 0.5)
     cw, ch = (nh * W / H, nh) if nw / nh > W / H else (nw, nw * H / W)

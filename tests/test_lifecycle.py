@@ -1,4 +1,4 @@
-"""Lifecycle, threading and memory (spec §2): passes, stop from other threads,
+"""Lifecycle, threading and memory (docs/compatibility.md §2): passes, stop from other threads,
 zero-copy views freed exactly when the last reference goes, no leaks after a
 close mid-stream, fork safety and Ctrl-C."""
 

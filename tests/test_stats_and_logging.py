@@ -1,5 +1,5 @@
 """client.stats() against known corpora, and native logs in Python's logging
-(spec §8: levels, RUST_LOG, initialize_logging's return values)."""
+(docs/compatibility.md §8: levels, RUST_LOG, initialize_logging's return values)."""
 
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ fn cModule(
     });
 }
 
-// ---- libjpeg-turbo: the file lists follow notes/libjpeg-turbo-build.md §2-4. ----
+// ---- libjpeg-turbo: the file lists follow native/vendor/libjpeg-turbo/VENDORED.md ("What is here", "Build"). ----
 
 /// libjpeg API sources compiled once (8-bit-agnostic or 8-bit only).
 const jpeg_sources_single = [_][]const u8{
@@ -231,7 +231,7 @@ fn addJpeg(
     return b.addLibrary(.{ .name = "datago_jpeg", .linkage = .static, .root_module = jmod });
 }
 
-// ---- libwebp: decoder + demux, per notes/libwebp-build.md §2-3, §6. ----
+// ---- libwebp: decoder + demux, per native/vendor/libwebp/VENDORED.md ("What is here", "Build"). ----
 
 const webp_sources = [_][]const u8{
     "src/dec/alpha_dec.c",       "src/dec/buffer_dec.c",         "src/dec/frame_dec.c",
@@ -280,7 +280,7 @@ fn addWebp(
     } else {
         // Other targets: the plain C paths (the _neon files are not vendored yet).
         // HAVE_CONFIG_H with an empty src/webp/config.h stops src/dsp/cpu.h from
-        // turning on SIMD paths by compiler macros (notes/libwebp-build.md §3).
+        // turning on SIMD paths by compiler macros (native/vendor/libwebp/VENDORED.md, "Build").
         const config = b.addWriteFiles();
         _ = config.add("src/webp/config.h", "/* empty: portable C paths only */\n");
         wmod.addIncludePath(config.getDirectory());

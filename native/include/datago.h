@@ -359,7 +359,7 @@ int64_t datago_live_cleanup_threads(void);
 
 /* ---- Logging ------------------------------------------------------------- */
 
-/* Installs the native logger once per process (spec §8). level is one of
+/* Installs the native logger once per process (docs/compatibility.md §8). level is one of
  * "error", "warn", "info", "debug", "trace", "off" (any case), or NULL for the
  * default ("error"). RUST_LOG (or DATAGO_LOG), when set, wins over level.
  * Without a call, the first pass installs it at "warn". Lines go to stderr.

@@ -1,7 +1,7 @@
 //! JSON configuration -> typed `Config`, validated once. Only this file sees
 //! JSON. Every error message starts with the key path at fault
 //! (`image_config.default_image_size: ...`), followed by the reference's text
-//! where spec §4.2 gives one.
+//! where compatibility.md §4.2 gives one.
 const std = @import("std");
 const json = std.json;
 const Allocator = std.mem.Allocator;
@@ -371,8 +371,8 @@ const Parser = struct {
         return image;
     }
 
-    /// The reference's checks, in its order and with its messages (spec §4.2),
-    /// plus the degenerate tables it accepts and then fails on (§11.2).
+    /// The reference's checks, in its order and with its messages (compatibility.md §4.2),
+    /// plus the degenerate tables it accepts and then fails on (compatibility.md §11.2).
     fn checkBuckets(p: *Parser, image: ImageConfig) Error!void {
         if (image.default_image_size == 0)
             return p.fail("image_config.default_image_size: Default image size must be greater than 0", .{});

@@ -1,5 +1,5 @@
 //! The loader behind a `datago_loader *`: a validated configuration and the
-//! sequence of passes (epochs) run over it (spec §2.1 lifecycle).
+//! sequence of passes (epochs) run over it (compatibility.md §2.1 lifecycle).
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -67,7 +67,7 @@ pub const Loader = struct {
         return &loader.parsed.config;
     }
 
-    /// Begins a pass unless one is running (spec §2.2, §2.3).
+    /// Begins a pass unless one is running (compatibility.md §2.2, §2.3).
     pub fn start(loader: *Loader) error{ OutOfMemory, ThreadSpawnFailed }!void {
         loader.mutex.lockUncancelable(loader.io);
         defer loader.mutex.unlock(loader.io);

@@ -1,4 +1,4 @@
-//! Logging with the reference's levels and `RUST_LOG` rules (spec §8).
+//! Logging with the reference's levels and `RUST_LOG` rules (compatibility.md §8).
 //!
 //! Lines look like env_logger's:
 //!     [2026-11-29T13:23:30Z ERROR datago::files] message
@@ -162,7 +162,7 @@ pub fn install(level: ?[]const u8) InstallError!bool {
     return true;
 }
 
-/// Installs the logger with the `warn` default if nobody did (spec §8: every
+/// Installs the logger with the `warn` default if nobody did (compatibility.md §8: every
 /// start tries to).
 pub fn ensureInstalled() void {
     if (installed.swap(true, .acq_rel)) return;

@@ -34,7 +34,7 @@ const stats = @import("stats.zig");
 const Config = config_mod.Config;
 
 /// How long `stop` waits for workers before leaving them to finish on their
-/// own (spec §2.6: the reference's grace period).
+/// own (compatibility.md §2.6: the reference's grace period).
 pub const stop_grace_ms = 100;
 /// Per-file errors logged individually per pass; later ones are only counted.
 const logged_failures_max = 50;

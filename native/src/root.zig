@@ -7,7 +7,8 @@ const pipeline = @import("pipeline.zig");
 
 pub const std_options: std.Options = .{
     // No 256 KiB sigaltstack per worker thread, and no handlers of ours under
-    // the host's (zig-0.17.md §3).
+    // the host's (std's defaults give every std.Thread a thread-local
+    // alternate signal stack; a library loaded by Python wants neither).
     .signal_stack_size = null,
     .enable_segfault_handler = false,
 };

@@ -114,7 +114,7 @@ pub const Owned = struct {
 pub const Named = struct { name: []const u8, pixels: Pixels };
 
 /// The id of a sample: given as is, or a file path built from root_path and
-/// a relative path (spec §7.1.1), written straight into the strings block.
+/// a relative path (compatibility.md §7.1.1), written straight into the strings block.
 pub const Id = union(enum) {
     plain: []const u8,
     path: struct { root: []const u8, relative: []const u8 },
@@ -213,7 +213,7 @@ fn take(strings: []u8, cursor: *usize, len: usize) []u8 {
 const files = @import("sources/files.zig");
 
 /// Builds a file-source sample. Takes ownership of `image` (also on failure).
-/// `root_path` and `relative` are joined as spec §7.1.1 builds ids.
+/// `root_path` and `relative` are joined as compatibility.md §7.1.1 builds ids.
 pub fn fromFile(
     gpa: Allocator,
     root_path: []const u8,

@@ -1,5 +1,5 @@
 //! Picks a codec by content (never by file name: a PNG named .jpg decodes)
-//! and returns the decoded image in the layout of spec §3.2.
+//! and returns the decoded image in the layout of compatibility.md §3.2.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
 const buffers = @import("../buffers.zig");

@@ -1,5 +1,5 @@
 //! Aspect-ratio buckets and the cover-resize + centre-crop geometry of the
-//! reference (spec §5.1, §5.3), as pure functions. Pixel work lives in
+//! reference (compatibility.md §5.1, §5.3), as pure functions. Pixel work lives in
 //! resize.zig; this file only decides sizes and boxes.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
@@ -29,7 +29,7 @@ pub const Params = struct {
 pub const Table = struct {
     buckets: []Bucket,
 
-    /// Generates the table as the reference does (spec §5.1): sizes from two
+    /// Generates the table as the reference does (compatibility.md §5.1): sizes from two
     /// sweeps, keyed by `%.3f` of w/h, a later size replacing an earlier one
     /// with the same key. Asserts what config.zig validated (positive sizes,
     /// ratio <= size, 0 < min <= max <= bounded).
@@ -83,7 +83,7 @@ pub const Table = struct {
         self.* = undefined;
     }
 
-    /// The bucket of a width x height image (spec §5.1 "Choice"): binary
+    /// The bucket of a width x height image (compatibility.md §5.1 "Choice"): binary
     /// search of w/h among the parsed keys; below the first or above the last
     /// clamps; between two keys the nearer wins and a tie goes to the higher.
     pub fn choose(self: *const Table, width: u32, height: u32) Bucket {
@@ -114,7 +114,7 @@ pub const Table = struct {
 };
 
 /// Whether `params` give at least one bucket: with tiny sizes and a narrow
-/// aspect range both sweeps of spec §5.1 can be empty (the reference then
+/// aspect range both sweeps of compatibility.md §5.1 can be empty (the reference then
 /// fails on every image; config.zig refuses such a config instead).
 pub fn hasBucket(params: Params) bool {
     if (params.downsampling_ratio == 0 or params.downsampling_ratio > params.default_image_size) return false;
@@ -155,12 +155,12 @@ pub fn keyMilli(x: f64) i64 {
     return @intCast(quotient + @intFromBool(round_up));
 }
 
-/// How one image is fitted into its bucket (spec §5.3).
+/// How one image is fitted into its bucket (compatibility.md §5.3).
 pub const Fit = struct {
     /// The box of the source image (in source pixels, Pillow's box
     /// convention) that becomes the output; also the sample's crop record.
     box: [4]f64,
-    /// The scale s of spec §5.3 (1.0 when passed through).
+    /// The scale s of compatibility.md §5.3 (1.0 when passed through).
     scale: f64,
     out: Size,
     /// Source already has the bucket's size: no resampling at all.
@@ -217,7 +217,7 @@ fn expectTable(params: Params, expected: []const struct { i64, u32, u32 }) !void
     }
 }
 
-test "the 1024/32 table of spec §5.1" {
+test "the 1024/32 table of compatibility.md §5.1" {
     try expectTable(.{ .default_image_size = 1024, .downsampling_ratio = 32, .min_aspect_ratio = 0.5, .max_aspect_ratio = 2.0 }, &.{
         .{ 489, 704, 1440 },  .{ 523, 736, 1408 },  .{ 535, 736, 1376 },  .{ 571, 768, 1344 },
         .{ 585, 768, 1312 },  .{ 625, 800, 1280 },  .{ 667, 832, 1248 },  .{ 684, 832, 1216 },
@@ -281,7 +281,7 @@ test "keyMilli rounds the exact binary value half to even" {
     try testing.expectEqual(@as(i64, 5), keyMilli(0.0045001));
 }
 
-test "fit reproduces the worked examples of spec §5.3" {
+test "fit reproduces the worked examples of compatibility.md §5.3" {
     const cases = [_]struct { w: u32, h: u32, bw: u32, bh: u32, scale: f64, left_i: f64, top_i: f64 }{
         .{ .w = 1000, .h = 750, .bw = 1184, .bh = 864, .scale = 1.184, .left_i = 0, .top_i = 12 },
         .{ .w = 640, .h = 480, .bw = 1184, .bh = 864, .scale = 1.85, .left_i = 0, .top_i = 12 },
@@ -295,7 +295,7 @@ test "fit reproduces the worked examples of spec §5.3" {
         try testing.expectApproxEqRel(c.scale, f.scale, 1e-12);
         const nw = @round(@as(f64, @floatFromInt(c.w)) * f.scale);
         const nh = @round(@as(f64, @floatFromInt(c.h)) * f.scale);
-        // Back to intermediate coordinates: the offsets the spec lists.
+        // Back to intermediate coordinates: the offsets compatibility.md §5.3 lists.
         try testing.expectApproxEqAbs(c.left_i, f.box[0] * nw / @as(f64, @floatFromInt(c.w)), 1e-6);
         try testing.expectApproxEqAbs(c.top_i, f.box[1] * nh / @as(f64, @floatFromInt(c.h)), 1e-6);
         try testing.expect(f.box[2] <= @as(f64, @floatFromInt(c.w)) + 1e-9 and f.box[3] <= @as(f64, @floatFromInt(c.h)) + 1e-9);

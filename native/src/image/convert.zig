@@ -1,4 +1,4 @@
-//! Channel and depth conversions of spec §5.4: `image_to_rgb8` (alpha
+//! Channel and depth conversions of compatibility.md §5.4: `image_to_rgb8` (alpha
 //! composited on grey 128 with the reference's truncation), 16 -> 8 bit
 //! (value / 257, rounded), and the 8-bit forms JPEG encoding needs.
 const std = @import("std");
@@ -24,7 +24,7 @@ pub fn to8(v: u16) u8 {
 }
 
 /// The reference's compositing of colour `c` with alpha `a` on opaque grey
-/// 128, computed in f32 and truncated (spec §5.4):
+/// 128, computed in f32 and truncated (compatibility.md §5.4):
 /// trunc(255 * (c/255 * a/255 + 128/255 * (1 - a/255))).
 fn compositeExact(c: u8, a: u8) u8 {
     const cf: f32 = @floatFromInt(c);

@@ -1,6 +1,6 @@
 //! One sample's images processed outside any loader (`datago_transform`):
 //! the main image picks its bucket, masks and additional images follow it
-//! (spec §5.2), exactly as a loader would process them.
+//! (compatibility.md §5.2), exactly as a loader would process them.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
 

@@ -1,4 +1,4 @@
-//! One image from encoded bytes to what a sample carries (spec §5): decode,
+//! One image from encoded bytes to what a sample carries (compatibility.md §5): decode,
 //! orient, fit into a bucket, convert, encode. Runs on worker threads;
 //! allocates only the buffers the result needs and the resizer's scratch.
 const std = @import("std");
@@ -23,7 +23,7 @@ pub const Error = decoder.Error;
 
 /// What an image is to its sample: masks are never converted to RGB and
 /// always encode as PNG; masks and additional images follow the main
-/// image's bucket (spec §5.2).
+/// image's bucket (compatibility.md §5.2).
 pub const Role = enum { main, mask, additional };
 
 /// The image configuration of a pass, with its bucket table built once.
@@ -338,7 +338,7 @@ fn applyOrientation(gpa: Allocator, image: *Pixels, orientation: u8) Error!void 
 }
 
 /// Cover-resize + centre-crop into `size` in one resampling pass from the
-/// source (spec §5.3; no intermediate of the cover size is ever allocated).
+/// source (compatibility.md §5.3; no intermediate of the cover size is ever allocated).
 fn fitInto(gpa: Allocator, image: *Pixels, size: bucket.Size, filter: resize.Filter) Error!void {
     const geometry = bucket.fit(image.width, image.height, size);
     image.crop = geometry.box;
@@ -364,7 +364,7 @@ fn fitInto(gpa: Allocator, image: *Pixels, size: bucket.Size, filter: resize.Fil
 
 /// Replaces the pixels by a PNG or JPEG file of them. JPEG takes 8-bit L or
 /// RGB: alpha is composited on grey 128 and 16-bit reduced first, instead of
-/// dropping the image as the reference does (spec §11.10).
+/// dropping the image as the reference does (compatibility.md §11.10).
 fn encodeInPlace(gpa: Allocator, image: *Pixels, format: config_mod.EncodeFormat, quality: u8, diag: *decoder.Diagnostics) Error!void {
     const file: []u8 = switch (format) {
         .png => png.encode(gpa, .{

@@ -3,7 +3,7 @@
 //! for 8-bit L, LA, RGB, RGBA) and nearest (bit-exact with `Image.NEAREST`).
 //! Pure: no globals, no threads; the caller's allocator holds the scratch.
 //!
-//! Pillow's algorithm, which we reproduce in our own code (spec §5.2): per
+//! Pillow's algorithm, which we reproduce in our own code (compatibility.md §5.2): per
 //! axis a table of Lanczos3 weights in f64, normalised to sum 1; for 8-bit
 //! samples the weights become fixed point with 22 fractional bits; two
 //! separable passes, clipped to the sample range in between, horizontal first
@@ -1547,7 +1547,7 @@ test "premultiply and unpremultiply equal Pillow's integer formulas for every co
     };
 }
 
-test "fully transparent pixels come out as zeros (spec 5.2)" {
+test "fully transparent pixels come out as zeros (compatibility.md §5.2)" {
     const gpa = testing.allocator;
     var pixels: [6 * 5 * 4]u8 = undefined;
     for (0..pixels.len / 4) |i| pixels[i * 4 ..][0..4].* = .{ 200, 100, 50, 0 };
@@ -1686,7 +1686,7 @@ fn randomBox(random: std.Random, width: u32, height: u32, out_width: u32, out_he
     }
 }
 
-/// Spec §5.3: cover-resize to (round(w*s), round(h*s)), centre-crop to the
+/// compatibility.md §5.3: cover-resize to (round(w*s), round(h*s)), centre-crop to the
 /// bucket, folded into one box in source coordinates.
 fn centreCropBox(width: u32, height: u32, out_width: u32, out_height: u32) Box {
     const w: f64 = @floatFromInt(width);
@@ -1775,7 +1775,7 @@ const CountingAllocator = struct {
 };
 
 test "a 1x20000 source cropped to 352x720 allocates O(output)" {
-    // The reference materialises the 352 x 7,040,000 cover-resize (spec §5.3).
+    // The reference materialises the 352 x 7,040,000 cover-resize (compatibility.md §5.3).
     const gpa = testing.allocator;
     const width = 1;
     const height = 20000;

@@ -20,7 +20,7 @@ const cases = [_]Case{
     .{ .name = "640x480 -> 1184x864 bucket", .width = 640, .height = 480, .out_width = 1184, .out_height = 864, .bucket = true },
 };
 
-/// Spec §5.3's cover-resize and centre crop as one box.
+/// The cover-resize and centre crop of compatibility.md §5.3 as one box.
 fn bucketBox(case: Case) resize.Box {
     const w: f64 = @floatFromInt(case.width);
     const h: f64 = @floatFromInt(case.height);

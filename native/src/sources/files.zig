@@ -10,7 +10,7 @@ const Allocator = std.mem.Allocator;
 const log = @import("../log.zig");
 
 /// Extensions a candidate must end with, after a dot, case-insensitively
-/// (spec §7.1.2; unlike the reference a real extension is required, §11.14).
+/// (compatibility.md §7.1.2; unlike the reference a real extension is required, §11.14).
 pub const extensions = [_][]const u8{ "jpg", "jpeg", "png", "bmp", "gif", "webp" };
 
 pub fn isCandidateName(name: []const u8) bool {
@@ -252,8 +252,9 @@ fn rootError(err: anyerror, diag: *Diagnostics) Error {
     };
 }
 
-/// Joins root_path and a relative path as the reference builds ids (spec
-/// §7.1.1): no normalisation, one '/' between them. Caller owns the result.
+/// Joins root_path and a relative path as the reference builds ids
+/// (compatibility.md §7.1.1): no normalisation, one '/' between them.
+/// Caller owns the result.
 pub fn joinPath(gpa: Allocator, root_path: []const u8, relative: []const u8) Allocator.Error![]u8 {
     if (relative.len == 0) return gpa.dupe(u8, root_path);
     const separator: []const u8 = if (std.mem.endsWith(u8, root_path, "/")) "" else "/";
