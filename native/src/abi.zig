@@ -192,7 +192,7 @@ export fn datago_log_init(level: ?[*:0]const u8, installed_out: ?*i32) Status {
     return .ok;
 }
 
-const oneshot = @import("image/oneshot.zig");
+const oneshot = @import("stages/oneshot.zig");
 const bucket = @import("image/bucket.zig");
 const decoder = @import("decode/decoder.zig");
 

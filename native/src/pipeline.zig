@@ -1,10 +1,12 @@
 //! One pass over the data: its worker threads, the ready ring that puts
 //! results back in order, and the consumer side that `next` calls.
 //!
-//! Flow. Worker 0 first lists the source and computes this (rank, worker)'s
-//! plan (order.zig); then every worker repeatedly claims the next sequence
-//! number of the plan, reads and decodes that item, and stores the outcome
-//! (a sample or a failure) in the ready ring at `seq % capacity`. A worker may
+//! Flow. Worker 0 first prepares the source (sources/source.zig: for files,
+//! the listing and this (rank, worker)'s plan); then every worker
+//! repeatedly claims the next sequence number, gets that item's bytes from
+//! the source (reading it itself, or taking it from the reader stage of a
+//! streaming source), processes it (stages/process.zig) and stores the
+//! outcome (a sample or a failure) in the ready ring at `seq % capacity`. A worker may
 //! claim `seq` only while `seq < head + capacity`, so the ring never
 //! overflows, at most `capacity` outcomes wait, and a full ring blocks the
 //! workers (backpressure). The consumer takes outcomes at `head` in sequence
@@ -22,11 +24,12 @@ const Allocator = std.mem.Allocator;
 const abi = @import("abi_types.zig");
 const config_mod = @import("config.zig");
 const decoder = @import("decode/decoder.zig");
-const files = @import("sources/files.zig");
-const image_process = @import("image/process.zig");
+const image_process = @import("stages/process.zig");
 const batcher_mod = @import("batcher.zig");
 const log = @import("log.zig");
-const order = @import("order.zig");
+const source_mod = @import("sources/source.zig");
+const prefetch = @import("sources/prefetch.zig");
+const order = source_mod.order;
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 const stats = @import("stats.zig");
@@ -42,8 +45,8 @@ const logged_failures_max = 50;
 const error_fraction_min_attempts = 32;
 /// Most outcomes a sleeping consumer lets accumulate before it is woken.
 const wake_batch_max = 16;
-/// Files larger than this are refused without reading them.
-const file_bytes_max: u64 = 1 << 31;
+/// Longest description of an item kept as the example of a failure cause.
+const example_bytes_max = 512;
 
 /// The pass whose worker runs on this thread, for the panic handler.
 pub threadlocal var current_pass: ?*Pass = null;
@@ -70,8 +73,12 @@ pub const Pass = struct {
     gpa: Allocator,
     io: Io,
     epoch: u64,
-    /// Owned copies: the pass may outlive its loader.
-    root_path: []u8,
+    /// Where the bytes come from; owns its own copies of its configuration
+    /// (the pass may outlive its loader).
+    source: source_mod.Source,
+    /// The reader stage of a streaming source; null for random access.
+    stage: ?*prefetch.Prefetch = null,
+    /// A copy without the loader's strings (`file.root_path` is emptied).
     config: Config,
     thread_count: u32,
     /// This (rank, worker)'s share of the limit; null = no limit.
@@ -84,7 +91,7 @@ pub const Pass = struct {
     batch_mutex: Io.Mutex = .init,
 
     refs: std.atomic.Value(u32),
-    /// Polled by the listing, set by stop and by the end of the pass.
+    /// Polled by the source's preparation, set by stop and by the end of the pass.
     canceled: std.atomic.Value(bool) = .init(false),
     /// A worker hit a safety check (root.zig's panic handler); the pass is lost.
     panicked: std.atomic.Value(bool) = .init(false),
@@ -99,8 +106,8 @@ pub const Pass = struct {
 
     // Guarded by `mutex`.
     phase: enum { listing, running, done } = .listing,
-    listing: files.Listing = .{},
-    plan: []u32 = &.{},
+    /// Items of this worker's sequence; null until a stream has ended.
+    items: ?u64 = null,
     /// Next sequence number to hand to a worker.
     dispatched: u64 = 0,
     /// Next sequence number to deliver.
@@ -114,7 +121,7 @@ pub const Pass = struct {
     consumers_waiting: u32 = 0,
     slots: []Outcome,
     counters: Counters = .{},
-    /// First example path per failure cause (owned), for the final error.
+    /// First example item per failure cause, described (owned), for the final error.
     examples: std.EnumArray(decoder.Cause, ?[]u8) = .initFill(null),
     /// Set once when the pass fails as a whole; reported once by `next`.
     failure_buffer: [1024]u8 = undefined,
@@ -127,28 +134,32 @@ pub const Pass = struct {
     report: struct { at_ns: u64 = 0, delivered: u64 = 0, bytes: u64 = 0 } = .{},
     /// Per-file errors logged so far (rate limit only; counts live in `counters`).
     logged_failures: std.atomic.Value(u64) = .init(0),
-    /// DATAGO_TEST_STALL_PATH, owned (see `stallForTest`); null in normal use.
-    stall_path: ?[]u8 = null,
 
     /// Creates a pass holding one reference (the caller's). Starts nothing.
     pub fn create(gpa: Allocator, config: *const Config, epoch: u64) Allocator.Error!*Pass {
+        var source = try source_mod.Source.init(gpa, config, epoch);
+        errdefer source.deinit(gpa);
+        return createWith(gpa, config, epoch, source);
+    }
+
+    /// Creates a pass over a source made by the caller; takes ownership of
+    /// `source` on success.
+    pub fn createWith(gpa: Allocator, config: *const Config, epoch: u64, source: source_mod.Source) Allocator.Error!*Pass {
         const pass = try gpa.create(Pass);
         errdefer gpa.destroy(pass);
-        const root_path = try gpa.dupe(u8, config.file.root_path);
-        errdefer gpa.free(root_path);
         const slots = try gpa.alloc(Outcome, config.samples_buffer_size);
         errdefer gpa.free(slots);
         @memset(slots, .empty);
         var transform = try image_process.Transform.init(gpa, config.image);
         errdefer transform.deinit(gpa);
         var copy = config.*;
-        copy.file.root_path = root_path;
+        copy.file.root_path = "";
         const limit: ?u64 = if (config.limit) |l| order.workerLimit(l, config.worker_id, config.num_workers) else null;
         pass.* = .{
             .gpa = gpa,
             .io = runtime.acquireIo(),
             .epoch = epoch,
-            .root_path = root_path,
+            .source = source,
             .config = copy,
             .thread_count = threadCount(config, limit),
             .limit = limit,
@@ -159,7 +170,6 @@ pub const Pass = struct {
             .started_ns = runtime.monotonicNs(),
             .report = .{ .at_ns = runtime.monotonicNs() },
         };
-        if (runtime.getenv("DATAGO_TEST_STALL_PATH")) |stall| pass.stall_path = gpa.dupe(u8, stall) catch null;
         _ = runtime.live_passes.fetchAdd(1, .monotonic);
         return pass;
     }
@@ -177,11 +187,12 @@ pub const Pass = struct {
         const gpa = pass.gpa;
         pass.discardSlots();
         gpa.free(pass.slots);
-        gpa.free(pass.plan);
-        pass.listing.deinit(gpa);
         for (&pass.examples.values) |example| if (example) |e| gpa.free(e);
-        gpa.free(pass.root_path);
-        if (pass.stall_path) |stall| gpa.free(stall);
+        if (pass.stage) |stage| {
+            stage.deinit();
+            gpa.destroy(stage);
+        }
+        pass.source.deinit(gpa);
         pass.transform.deinit(gpa);
         if (pass.batcher) |*b| b.deinit();
         gpa.destroy(pass);
@@ -191,7 +202,10 @@ pub const Pass = struct {
 
     /// Spawns the worker threads. On failure nothing is left running.
     pub fn start(pass: *Pass) error{ OutOfMemory, ThreadSpawnFailed }!void {
-        log.info(.files, "Using file as source {f} ({d} threads)", .{ log.path(pass.root_path), pass.thread_count });
+        var described: [512]u8 = undefined;
+        var w: Io.Writer = .fixed(&described);
+        pass.source.describe(&w) catch {};
+        log.info(.pipeline, "Using {s} as source {s} ({d} threads)", .{ @tagName(pass.source), w.buffered(), pass.thread_count });
         var spawned: u32 = 0;
         while (spawned < pass.thread_count) : (spawned += 1) {
             pass.ref();
@@ -244,6 +258,7 @@ pub const Pass = struct {
     fn cancelLocked(pass: *Pass) void {
         pass.canceled.store(true, .release);
         pass.phase = .done;
+        if (pass.stage) |stage| stage.close();
         pass.discardSlots();
         pass.ready_cond.broadcast(pass.io);
         pass.work_cond.broadcast(pass.io);
@@ -315,7 +330,7 @@ pub const Pass = struct {
                         }
                         continue;
                     },
-                    .empty => if (pass.head >= pass.plan.len) {
+                    .empty => if (pass.items) |items| if (pass.head >= items) {
                         pass.finishLocked();
                         continue;
                     },
@@ -403,7 +418,7 @@ pub const Pass = struct {
         if (c.failed > 0) {
             const cause = mostFrequentCause(c);
             w.print(": {d} of {d} files failed; most frequent cause: {s} ({d})", .{ c.failed, c.attempted, @tagName(cause), c.by_cause.get(cause) }) catch {};
-            if (pass.examples.get(cause)) |example| w.print(", e.g. '{f}'", .{log.path(example)}) catch {};
+            if (pass.examples.get(cause)) |example| w.print(", e.g. '{s}'", .{example}) catch {};
         }
         pass.failure_len = w.buffered().len;
         log.err(.pipeline, "{s}", .{w.buffered()});
@@ -414,7 +429,7 @@ pub const Pass = struct {
         return pass.failure_buffer[0 .. pass.failure_len orelse 0];
     }
 
-    /// Records the failure of the listing itself (e.g. a missing root).
+    /// Records the failure of the source as a whole (e.g. a missing root).
     fn failListing(pass: *Pass, comptime fmt: []const u8, args: anytype) void {
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
@@ -424,8 +439,8 @@ pub const Pass = struct {
 
     fn workerMain(pass: *Pass, index: u32) void {
         current_pass = pass;
-        var scratch: Scratch = .{};
-        if (index == 0) pass.runListing();
+        var scratch: source_mod.Scratch = .{};
+        if (index == 0) pass.prepareSource();
         var next_seq = pass.claim(null);
         while (next_seq) |seq| {
             const outcome = pass.process(seq, &scratch);
@@ -449,49 +464,75 @@ pub const Pass = struct {
         pass.unref();
     }
 
-    fn runListing(pass: *Pass) void {
-        var diag: files.Diagnostics = .{};
-        const started_ns = runtime.monotonicNs();
-        var listing = files.list(pass.gpa, pass.io, pass.root_path, &pass.canceled, &diag) catch |err| {
+    fn prepareSource(pass: *Pass) void {
+        var failure: source_mod.Failure = .{};
+        const prepared = pass.source.prepare(pass.gpa, pass.io, &pass.canceled, &failure) catch |err| {
             switch (err) {
-                error.RootNotFound => pass.failListing("source_config.root_path: '{f}' does not exist", .{log.path(pass.root_path)}),
-                error.RootUnreadable => pass.failListing("source_config.root_path: '{f}' cannot be read ({s})", .{ log.path(pass.root_path), diag.cause }),
-                error.OutOfMemory => pass.failListing("out of memory while listing '{f}'", .{log.path(pass.root_path)}),
+                error.Failed => pass.failListing("{s}", .{failure.text()}),
                 error.Canceled => {},
             }
             return;
         };
-        const listed_ns = runtime.monotonicNs() - started_ns;
-        if (listing.skippedTotal() > 0) logSkipped(&listing, pass.root_path);
-        const source = &pass.config.file;
-        const shuffle_seed: ?u64 = if (source.random_sampling) source.seed orelse runtime.entropy64() else null;
-        const plan = order.plan(pass.gpa, listing.len(), .{
-            .rank = source.rank,
-            .world_size = source.world_size,
-            .worker = pass.config.worker_id,
-            .num_workers = pass.config.num_workers,
-            .shuffle_seed = shuffle_seed,
-            .epoch = pass.epoch,
-        }) catch {
-            listing.deinit(pass.gpa);
-            pass.failListing("out of memory while planning '{f}'", .{log.path(pass.root_path)});
+        if (pass.source.streams()) pass.startReader() catch {
+            pass.failListing("cannot start the reader thread of {s}", .{@tagName(pass.source)});
             return;
         };
-        log.info(.files, "listed {d} files under '{f}' in {d} ms; this worker's share: {d}", .{
-            listing.len(), log.path(pass.root_path), listed_ns / std.time.ns_per_ms, plan.len,
-        });
-        if (listing.len() == 0) log.warn(.files, "no image files (.jpg .jpeg .png .bmp .gif .webp) under '{f}'", .{log.path(pass.root_path)});
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
-        pass.listing = listing;
-        pass.plan = plan;
-        pass.counters.listed = listing.len();
-        pass.counters.skipped = listing.skipped;
-        pass.counters.listing_ns = listed_ns;
-        if (pass.limit) |limit| if (plan.len < limit) log.info(.files, "this worker's share ({d} files) is smaller than its limit ({d})", .{ plan.len, limit });
+        pass.items = prepared.items;
+        pass.counters.listed = prepared.listed;
+        pass.counters.skipped = prepared.skipped;
+        pass.counters.listing_ns = prepared.listing_ns;
+        if (pass.limit) |limit| if (prepared.items) |items| if (items < limit)
+            log.info(.pipeline, "this worker's share ({d} items) is smaller than its limit ({d})", .{ items, limit });
         if (pass.phase == .listing) pass.phase = .running;
         pass.work_cond.broadcast(pass.io);
         pass.ready_cond.broadcast(pass.io);
+    }
+
+    /// Starts the reader thread of a streaming source, which fills the
+    /// reader stage (at most prefetch_buffer_size items ahead). It counts
+    /// as one of the pass's threads for `stop`.
+    fn startReader(pass: *Pass) error{ OutOfMemory, ThreadSpawnFailed }!void {
+        const stage = try pass.gpa.create(prefetch.Prefetch);
+        errdefer pass.gpa.destroy(stage);
+        stage.* = try prefetch.Prefetch.init(pass.gpa, pass.io, pass.config.prefetch_buffer_size);
+        errdefer stage.deinit();
+        pass.mutex.lockUncancelable(pass.io);
+        pass.stage = stage;
+        pass.threads_alive += 1;
+        pass.mutex.unlock(pass.io);
+        pass.ref();
+        const thread = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, readerMain, .{pass}) catch {
+            pass.mutex.lockUncancelable(pass.io);
+            pass.threads_alive -= 1;
+            pass.stage = null;
+            pass.mutex.unlock(pass.io);
+            pass.unref();
+            return error.ThreadSpawnFailed;
+        };
+        thread.setName(pass.io, "datago-reader") catch {};
+        thread.detach();
+    }
+
+    fn readerMain(pass: *Pass) void {
+        current_pass = pass;
+        const stage = pass.stage.?;
+        pass.source.stream(pass.gpa, stage);
+        // The stream's end is the sequence's length; a failed stream fails
+        // the pass with its reason.
+        pass.mutex.lockUncancelable(pass.io);
+        if (stage.failureText()) |text| {
+            pass.failLocked("{s}", .{text});
+            pass.cancelLocked();
+        } else if (stage.total()) |total| {
+            pass.items = total;
+        }
+        pass.work_cond.broadcast(pass.io);
+        pass.ready_cond.broadcast(pass.io);
+        pass.mutex.unlock(pass.io);
+        current_pass = null;
+        pass.leave();
     }
 
     const Finished = struct { seq: u64, result: ProcessResult };
@@ -512,7 +553,8 @@ pub const Pass = struct {
                 .done => return null,
                 .listing => {},
                 .running => {
-                    if (pass.dispatched < pass.plan.len and pass.dispatched < pass.head + pass.slots.len) {
+                    const more = if (pass.items) |items| pass.dispatched < items else true;
+                    if (more and pass.dispatched < pass.head + pass.slots.len) {
                         pass.dispatched += 1;
                         // Judged after claiming, so that a lone worker about
                         // to decode the next item does not count as idle.
@@ -524,7 +566,7 @@ pub const Pass = struct {
             // Nothing to claim: this worker sleeps or leaves, so whatever is
             // ready must not wait for a batch to fill.
             wake_consumers = pass.consumers_waiting > 0 and pass.ready_run > 0;
-            if (pass.phase == .running and pass.dispatched >= pass.plan.len) return null;
+            if (pass.phase == .running) if (pass.items) |items| if (pass.dispatched >= items) return null;
             if (wake_consumers) {
                 pass.ready_cond.broadcast(pass.io);
                 wake_consumers = false;
@@ -540,20 +582,24 @@ pub const Pass = struct {
             return;
         }
         const c = &pass.counters;
-        c.attempted += 1;
-        c.addTimings(&result.timings);
         switch (result.outcome) {
+            // Past the end of a stream: nothing to deliver at this seq.
+            .none => return,
             .ready => |s| pass.slots[seq % pass.slots.len] = .{ .ready = s },
             .failed => |cause| {
                 pass.slots[seq % pass.slots.len] = .failed;
                 c.failed += 1;
                 c.by_cause.getPtr(cause).* += 1;
                 if (pass.examples.get(cause) == null) {
-                    const relative = pass.listing.relativePath(pass.plan[seq]);
-                    pass.examples.set(cause, files.joinPath(pass.gpa, pass.root_path, relative) catch null);
+                    var buffer: [example_bytes_max]u8 = undefined;
+                    var w: Io.Writer = .fixed(&buffer);
+                    pass.source.describeItem(seq, &w) catch {};
+                    pass.examples.set(cause, pass.gpa.dupe(u8, w.buffered()) catch null);
                 }
             },
         }
+        c.attempted += 1;
+        c.addTimings(&result.timings);
         pass.extendReadyRunLocked();
     }
 
@@ -592,42 +638,65 @@ pub const Pass = struct {
         outcome: union(enum) {
             ready: *sample_mod.Owned,
             failed: decoder.Cause,
+            /// A streamed sequence ended (or stopped) before this item.
+            none,
         },
         timings: stats.Timings = .{},
     };
 
-    /// Reads, decodes and packages plan item `seq`. Runs without the lock.
-    fn process(pass: *Pass, seq: u64, scratch: *Scratch) ProcessResult {
+    /// Gets item `seq` from the source, processes it and packages the
+    /// sample. Runs without the lock.
+    fn process(pass: *Pass, seq: u64, scratch: *source_mod.Scratch) ProcessResult {
         var result: ProcessResult = .{ .outcome = .{ .failed = .no_memory } };
-        const relative = pass.listing.relativePath(pass.plan[seq]);
-        const path_len = files.joinedLen(pass.root_path, relative);
-        const path = scratch.pathBuffer(pass.gpa, path_len) catch return result;
-        files.joinInto(path, pass.root_path, relative);
-
         var diag: decoder.Diagnostics = .{};
         result.timings.enabled = pass.config.collect_stats;
         var clock = result.timings.start();
-        if (pass.stall_path) |stall| if (std.mem.eql(u8, stall, path)) stallForTest(pass.io, stall);
-        const processed = blk: {
-            const bytes = scratch.readFile(pass.gpa, pass.io, path, &diag) catch |err| break :blk err;
-            result.timings.bytes_read = bytes.len;
-            result.timings.lap(.read, &clock);
-            break :blk image_process.run(pass.gpa, bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag);
-        } catch |err| {
-            pass.logFailure(path, diag.text());
+        var item = pass.getItem(seq, scratch, &diag) catch |err| {
+            pass.logFailure(seq, diag.text());
+            result.outcome = .{ .failed = decoder.causeOf(err) };
+            return result;
+        } orelse {
+            result.outcome = .none;
+            return result;
+        };
+        defer item.release(pass.gpa);
+        result.timings.bytes_read = item.bytes.len;
+        result.timings.lap(.read, &clock);
+        const processed = image_process.run(pass.gpa, item.bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag) catch |err| {
+            pass.logFailure(seq, diag.text());
             result.outcome = .{ .failed = decoder.causeOf(err) };
             return result;
         };
-        const owned = sample_mod.fromFile(pass.gpa, pass.root_path, relative, processed.pixels, seq, pass.epoch) catch return result;
+        const owned = sample_mod.build(pass.gpa, .{
+            .kind = item.kind,
+            .id = item.id,
+            .source = item.source_name,
+            .image = processed.pixels,
+            .index = seq,
+            .epoch = pass.epoch,
+        }) catch return result;
         result.outcome = .{ .ready = owned };
         return result;
     }
 
-    fn logFailure(pass: *Pass, path: []const u8, reason: []const u8) void {
+    /// Item `seq`: read by this worker (random access) or taken from the
+    /// reader stage (streaming); null when the stream ended before it.
+    fn getItem(pass: *Pass, seq: u64, scratch: *source_mod.Scratch, diag: *decoder.Diagnostics) decoder.Error!?source_mod.Item {
+        const stage = pass.stage orelse return try pass.source.fetch(pass.gpa, pass.io, seq, scratch, diag);
+        return switch (stage.take(seq)) {
+            .item => |item| item,
+            .end, .stopped => null,
+        };
+    }
+
+    fn logFailure(pass: *Pass, seq: u64, reason: []const u8) void {
         // Counted under the lock in `complete`; this count only rate-limits.
         const n = pass.logged_failures.fetchAdd(1, .monotonic);
         if (n < logged_failures_max) {
-            log.err(.files, "Failed to load image from path {f}: {s}", .{ log.path(path), reason });
+            var buffer: [example_bytes_max]u8 = undefined;
+            var w: Io.Writer = .fixed(&buffer);
+            pass.source.describeItem(seq, &w) catch {};
+            log.err(.files, "Failed to load image from path {s}: {s}", .{ w.buffered(), reason });
         } else if (n == logged_failures_max) {
             log.err(.files, "more than {d} files failed in this pass; further failures are only counted", .{logged_failures_max});
         }
@@ -647,7 +716,8 @@ pub const Pass = struct {
             .ready = ready,
             .ready_capacity = pass.slots.len,
             .in_flight = pass.dispatched -| pass.head -| ready,
-            .plan_len = pass.plan.len,
+            .plan_len = pass.items orelse pass.dispatched,
+            .cursor = pass.source.cursor(pass.head),
             .elapsed_ns = runtime.monotonicNs() - pass.started_ns,
             .batches = if (pass.batcher) |*b| b.counters.batches.load(.monotonic) else 0,
             .partial_batches = if (pass.batcher) |*b| b.counters.partial_batches.load(.monotonic) else 0,
@@ -665,34 +735,24 @@ pub const Pass = struct {
     fn describeWaitLocked(pass: *Pass, w: *Io.Writer) Io.Writer.Error!void {
         switch (pass.phase) {
             .done => {},
-            .listing => try w.print("the listing of '{f}'", .{log.path(pass.root_path)}),
+            .listing => {
+                try w.writeAll("the preparation (listing) of '");
+                try pass.source.describe(w);
+                try w.writeAll("'");
+            },
             .running => {
-                if (pass.head >= pass.plan.len) return;
-                const relative = pass.listing.relativePath(pass.plan[pass.head]);
+                if (pass.items) |items| if (pass.head >= items) return;
                 const state = if (pass.head < pass.dispatched) "being read and decoded by a worker" else "waiting for a free worker";
-                try w.print("item {d} of {d} of this pass, '{f}{s}{f}', {s}", .{
-                    pass.head, pass.plan.len, log.path(pass.root_path), if (relative.len == 0 or std.mem.endsWith(u8, pass.root_path, "/")) "" else "/", log.path(relative), state,
-                });
+                try w.print("item {d} of ", .{pass.head});
+                if (pass.items) |items| try w.print("{d}", .{items}) else try w.writeAll("a stream not yet ended");
+                try w.writeAll(" of this pass, '");
+                try pass.source.describeItem(pass.head, w);
+                try w.print("', {s}", .{state});
             },
         }
     }
 };
 
-
-/// One WARN per pass for entries named like images that are not readable
-/// files; each was logged at DEBUG by the listing.
-fn logSkipped(listing: *const files.Listing, root_path: []const u8) void {
-    var buffer: [512]u8 = undefined;
-    var w: Io.Writer = .fixed(&buffer);
-    for (std.enums.values(files.SkipCause)) |cause| {
-        const n = listing.skipped.get(cause);
-        if (n == 0) continue;
-        w.print("{s}{d} {s}", .{ if (w.buffered().len == 0) "" else ", ", n, @tagName(cause) }) catch break;
-    }
-    log.warn(.files, "listing '{f}': skipped {d} entries that are not readable image files ({s}); DEBUG logs name each", .{
-        log.path(root_path), listing.skippedTotal(), w.buffered(),
-    });
-}
 
 fn exceeds(failed: u64, attempted: u64, fraction: f64) bool {
     if (attempted == 0) return false;
@@ -722,94 +782,3 @@ fn threadCount(config: *const Config, limit: ?u64) u32 {
     if (limit) |l| n = @intCast(@max(1, @min(n, l)));
     return n;
 }
-
-/// A test hook: a worker about to read the file named by the environment
-/// variable DATAGO_TEST_STALL_PATH (read when a pass starts) first waits, as
-/// on a hung network filesystem, ignoring stop and close, until a file
-/// `<path>.release` exists (at most `test_stall_ms_max`). It creates
-/// `<path>.stalled` when it starts waiting. The lifecycle tests need a worker
-/// that is stuck for as long as they say, and no file is allowed to block a
-/// worker any more. Unset, it costs one comparison per pass.
-fn stallForTest(io: Io, path: []const u8) void {
-    const test_stall_ms_max = 60_000;
-    const poll_ms = 5;
-    var buffer: [std.fs.max_path_bytes]u8 = undefined;
-    const stalled = std.fmt.bufPrint(&buffer, "{s}.stalled", .{path}) catch return;
-    if (Io.Dir.cwd().createFile(io, stalled, .{})) |file| file.close(io) else |_| return;
-    const release = std.fmt.bufPrint(&buffer, "{s}.release", .{path}) catch return;
-    var waited_ms: u32 = 0;
-    while (waited_ms < test_stall_ms_max) : (waited_ms += poll_ms) {
-        if (Io.Dir.cwd().access(io, release, .{})) |_| return else |_| {}
-        const pause: std.c.timespec = .{ .sec = 0, .nsec = poll_ms * std.time.ns_per_ms };
-        _ = std.c.nanosleep(&pause, null);
-    }
-}
-
-/// Opens `path` for reading without ever blocking in open(): a file replaced
-/// by a FIFO after the listing would otherwise hold its worker (and the
-/// ordered delivery behind it) until a writer appears. The caller checks
-/// that it is a regular file; O_NONBLOCK is then dropped again, since
-/// regular files ignore it but `Io` would treat the handle as non-blocking.
-fn openNonBlocking(path: []const u8, diag: *decoder.Diagnostics) error{Io}!Io.File {
-    const posix = std.posix;
-    const fd = posix.openat(posix.AT.FDCWD, path, .{ .ACCMODE = .RDONLY, .NONBLOCK = true, .CLOEXEC = true, .NOCTTY = true }, 0) catch |err| {
-        diag.set("cannot open: {s}", .{@errorName(err)});
-        return error.Io;
-    };
-    return .{ .handle = fd, .flags = .{ .nonblocking = true } };
-}
-
-fn clearNonBlocking(file: *Io.File, diag: *decoder.Diagnostics) error{Io}!void {
-    const flags = std.c.fcntl(file.handle, std.c.F.GETFL);
-    const nonblock: c_int = @intCast(@as(u32, @bitCast(std.posix.O{ .NONBLOCK = true })));
-    if (flags < 0 or std.c.fcntl(file.handle, std.c.F.SETFL, flags & ~nonblock) < 0) {
-        diag.set("cannot clear O_NONBLOCK", .{});
-        return error.Io;
-    }
-    file.flags.nonblocking = false;
-}
-
-/// Per-thread buffers reused from file to file.
-const Scratch = struct {
-    path: std.ArrayList(u8) = .empty,
-    file: std.ArrayList(u8) = .empty,
-
-    fn deinit(self: *Scratch, gpa: Allocator) void {
-        self.path.deinit(gpa);
-        self.file.deinit(gpa);
-    }
-
-    fn pathBuffer(self: *Scratch, gpa: Allocator, len: usize) Allocator.Error![]u8 {
-        try self.path.resize(gpa, len);
-        return self.path.items;
-    }
-
-    /// Reads a whole file into the reused buffer. The result is valid until
-    /// the next call.
-    fn readFile(self: *Scratch, gpa: Allocator, io: Io, path: []const u8, diag: *decoder.Diagnostics) decoder.Error![]const u8 {
-        var file = try openNonBlocking(path, diag);
-        defer file.close(io);
-        const stat = file.stat(io) catch |err| {
-            diag.set("cannot stat: {s}", .{@errorName(err)});
-            return error.Io;
-        };
-        if (stat.kind != .file) {
-            diag.set("not a regular file but a {s} (it was a file when the folder was listed)", .{@tagName(stat.kind)});
-            return error.Io;
-        }
-        try clearNonBlocking(&file, diag);
-        if (stat.size > file_bytes_max) {
-            diag.set("file of {d} bytes is larger than the {d} bytes accepted", .{ stat.size, file_bytes_max });
-            return error.TooLarge;
-        }
-        self.file.resize(gpa, @intCast(stat.size)) catch {
-            diag.set("out of memory for a file of {d} bytes", .{stat.size});
-            return error.NoMemory;
-        };
-        const n = file.readPositionalAll(io, self.file.items, 0) catch |err| {
-            diag.set("read failed: {s}", .{@errorName(err)});
-            return error.Io;
-        };
-        return self.file.items[0..n];
-    }
-};

@@ -6,6 +6,8 @@ const Io = std.Io;
 
 const config_mod = @import("config.zig");
 const loader_mod = @import("loader.zig");
+const pipeline = @import("pipeline.zig");
+const source_mod = @import("sources/source.zig");
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 
@@ -259,4 +261,66 @@ test "a new pass after the end is epoch 1 and the same files" {
     const r = try loader.next(5_000, &message);
     defer r.sample.destroy();
     try testing.expectEqual(@as(u64, 1), r.sample.c.epoch);
+}
+
+/// Runs a pass over the test stream source (the reader stage between a
+/// streaming source and the workers) and returns the delivered ids in order.
+fn streamPass(images: []const []const u8, fail_after: ?usize, prefetch_size: u32, threads: u32, ids: *std.ArrayList(u8)) !pipeline.NextResult {
+    var text: [256]u8 = undefined;
+    const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"file\", \"source_config\": {{\"root_path\": \"unused\"}}, \"prefetch_buffer_size\": {d}, \"num_threads\": {d}, \"samples_buffer_size\": 4}}", .{ prefetch_size, threads });
+    var diag: config_mod.Diagnostics = .{};
+    var parsed = try config_mod.parse(testing.allocator, json, &diag);
+    defer parsed.deinit();
+    const pass = try pipeline.Pass.createWith(testing.allocator, &parsed.config, 0, .{ .test_stream = .{ .images = images, .fail_after = fail_after } });
+    defer pass.unref();
+    try pass.start();
+    while (true) {
+        const result = pass.next(5_000);
+        switch (result) {
+            .sample => |s| {
+                defer s.destroy();
+                try ids.appendSlice(testing.allocator, s.c.id.slice());
+                try ids.append(testing.allocator, ' ');
+            },
+            .source_error => {
+                try ids.appendSlice(testing.allocator, "error: ");
+                try ids.appendSlice(testing.allocator, pass.failureMessage());
+                return result;
+            },
+            else => return result,
+        }
+    }
+}
+
+test "a streaming source goes through the reader stage in order, with bad items skipped" {
+    var buffer: [8][128]u8 = undefined;
+    var images: [8][]const u8 = undefined;
+    for (&images, 0..) |*image, i| image.* = if (i == 3) "not an image" else bmp(&buffer[i], 2, 2, .{ .value = @intCast(i) });
+    for ([_]u32{ 1, 2, 8 }) |prefetch_size| {
+        for ([_]u32{ 1, 3 }) |threads| {
+            var ids: std.ArrayList(u8) = .empty;
+            defer ids.deinit(testing.allocator);
+            const result = try streamPass(&images, null, prefetch_size, threads, &ids);
+            try testing.expect(result == .end);
+            try testing.expectEqualStrings("item-0 item-1 item-2 item-4 item-5 item-6 item-7 ", ids.items);
+        }
+    }
+    try drain();
+}
+
+test "a stream that fails fails its pass with the source's reason" {
+    var buffer: [4][128]u8 = undefined;
+    var images: [4][]const u8 = undefined;
+    for (&images, 0..) |*image, i| image.* = bmp(&buffer[i], 2, 2, .{ .value = @intCast(i) });
+    var ids: std.ArrayList(u8) = .empty;
+    defer ids.deinit(testing.allocator);
+    const result = try streamPass(&images, 2, 1, 2, &ids);
+    try testing.expect(result == .source_error);
+    // Items before the failure may or may not have been handed out when
+    // it ended the pass; nothing after it ever is.
+    const reason = "error: test stream broke after 2 items";
+    try testing.expect(std.mem.endsWith(u8, ids.items, reason));
+    const delivered = ids.items[0 .. ids.items.len - reason.len];
+    try testing.expect(std.mem.startsWith(u8, "item-0 item-1 ", delivered));
+    try drain();
 }

@@ -35,11 +35,14 @@ comptime {
 test {
     std.testing.refAllDecls(@This());
     _ = @import("config.zig");
-    _ = @import("order.zig");
+    _ = @import("sources/order.zig");
     _ = @import("runtime.zig");
     _ = @import("log.zig");
     _ = @import("sample.zig");
     _ = @import("sources/files.zig");
+    _ = @import("sources/source.zig");
+    _ = @import("sources/file_source.zig");
+    _ = @import("sources/prefetch.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
     _ = @import("stats.zig");
@@ -49,7 +52,8 @@ test {
     _ = @import("image/convert.zig");
     _ = @import("encode/png.zig");
     _ = @import("image/orient.zig");
-    _ = @import("image/process.zig");
+    _ = @import("stages/process.zig");
+    _ = @import("stages/oneshot.zig");
     _ = @import("image/resize.zig");
     _ = @import("image/ycc.zig");
     _ = @import("pipeline_test.zig");

@@ -4,6 +4,7 @@
 const std = @import("std");
 const decoder = @import("decode/decoder.zig");
 const files = @import("sources/files.zig");
+const source = @import("sources/source.zig");
 const runtime = @import("runtime.zig");
 
 /// Stages a sample goes through on a worker.
@@ -130,6 +131,8 @@ pub const Snapshot = struct {
     dropped_samples: u64 = 0,
     /// The shuffle seed in use (given or drawn); null without random_sampling.
     seed: ?u64 = null,
+    /// Where this (rank, worker) stands; null for sources without one yet.
+    cursor: ?source.Cursor = null,
     /// What the next delivery waits for, while the pass runs (for timeout
     /// messages); empty when nothing is awaited.
     waiting_for_buffer: [waiting_for_bytes_max]u8 = undefined,
@@ -152,6 +155,8 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
     if (s.seed) |seed| try w.print("\"seed\":{d},", .{seed}) else try w.writeAll("\"seed\":null,");
     try w.writeAll("\"waiting_for\":");
     if (s.waiting_for_len > 0) try std.json.Stringify.encodeJsonString(s.waitingFor(), .{}, w) else try w.writeAll("null");
+    try w.writeAll(",\"cursor\":");
+    if (s.cursor) |*cursor| try cursor.writeJson(w) else try w.writeAll("null");
     try w.writeAll(",\"skipped\":{");
     for (std.enums.values(files.SkipCause), 0..) |cause, i| {
         try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", @tagName(cause), c.skipped.get(cause) });

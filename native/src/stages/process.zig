@@ -1,6 +1,8 @@
-//! One image from encoded bytes to what a sample carries (compatibility.md §5): decode,
-//! orient, fit into a bucket, convert, encode. Runs on worker threads;
+//! The per-sample processing stage: one image from encoded bytes to what a
+//! sample carries (compatibility.md §5): decode, orient, fit into a bucket,
+//! convert, encode, timing each step for the stats. Runs on worker threads;
 //! allocates only the buffers the result needs and the resizer's scratch.
+//! The pixel work itself lives in image/ as pure functions.
 const std = @import("std");
 const Allocator = std.mem.Allocator;
 
@@ -10,11 +12,11 @@ const decoder = @import("../decode/decoder.zig");
 const jpeg = @import("../decode/jpeg.zig");
 const sample = @import("../sample.zig");
 const png = @import("../encode/png.zig");
-const bucket = @import("bucket.zig");
-const convert = @import("convert.zig");
-const orient = @import("orient.zig");
-const resize = @import("resize.zig");
-const ycc = @import("ycc.zig");
+const bucket = @import("../image/bucket.zig");
+const convert = @import("../image/convert.zig");
+const orient = @import("../image/orient.zig");
+const resize = @import("../image/resize.zig");
+const ycc = @import("../image/ycc.zig");
 const stats = @import("../stats.zig");
 const buffers = @import("../buffers.zig");
 

@@ -1,0 +1,233 @@
+//! The reader stage: a bounded queue between the one reader thread that
+//! streams a source (source.zig) and the decode workers, who take items by
+//! sequence number. The reader puts item `s` into slot `s % capacity` once
+//! the item `capacity` places earlier has been taken, so at most
+//! `capacity` (`prefetch_buffer_size`) items wait in memory; a worker that
+//! claimed `s` waits until it arrives, the stream ends before it, the
+//! stream fails, or the stage is closed.
+//!
+//! Ownership: a put item belongs to the stage until a worker takes it, then
+//! to that worker (`Item.release`); items never taken are released by
+//! `close` and `deinit`.
+const std = @import("std");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+
+const abi = @import("../abi_types.zig");
+const source = @import("source.zig");
+
+pub const Taken = union(enum) {
+    item: source.Item,
+    /// The stream ended before this sequence number.
+    end,
+    /// The stream failed (see `failureText`) or the stage was closed.
+    stopped,
+};
+
+pub const Prefetch = struct {
+    gpa: Allocator,
+    io: Io,
+    mutex: Io.Mutex = .init,
+    /// Signalled on every put, take, end, failure and close.
+    changed: Io.Condition = .init,
+    slots: []?source.Item,
+    /// Sequence number of the next item the reader puts.
+    put_seq: u64 = 0,
+    state: enum { streaming, finished, failed, closed } = .streaming,
+    failure: source.Failure = .{},
+
+    pub fn init(gpa: Allocator, io: Io, capacity: u32) Allocator.Error!Prefetch {
+        std.debug.assert(capacity > 0);
+        const slots = try gpa.alloc(?source.Item, capacity);
+        @memset(slots, null);
+        return .{ .gpa = gpa, .io = io, .slots = slots };
+    }
+
+    /// Releases items never taken. No thread may use the stage any more.
+    pub fn deinit(self: *Prefetch) void {
+        self.releaseAll();
+        self.gpa.free(self.slots);
+        self.* = undefined;
+    }
+
+    /// Reader side: waits for room for the next item and stores it. Returns
+    /// error.Closed (and releases `item`) once the stage is closed.
+    pub fn put(self: *Prefetch, item: source.Item) error{Closed}!void {
+        var owned = item;
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        std.debug.assert(self.state == .streaming or self.state == .closed);
+        const slot = &self.slots[self.put_seq % self.slots.len];
+        while (self.state != .closed and slot.* != null) self.changed.waitUncancelable(self.io, &self.mutex);
+        if (self.state == .closed) {
+            owned.release(self.gpa);
+            return error.Closed;
+        }
+        slot.* = owned;
+        self.put_seq += 1;
+        self.changed.broadcast(self.io);
+    }
+
+    /// Reader side: the stream is over after `put_seq` items. Idempotent.
+    pub fn finish(self: *Prefetch) void {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        if (self.state == .streaming) self.state = .finished;
+        self.changed.broadcast(self.io);
+    }
+
+    /// Reader side: the stream failed as a whole.
+    pub fn fail(self: *Prefetch, comptime fmt: []const u8, args: anytype) void {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        if (self.state != .streaming) return;
+        self.failure.set(fmt, args) catch {};
+        self.state = .failed;
+        self.changed.broadcast(self.io);
+    }
+
+    /// Worker side: waits for item `seq`.
+    pub fn take(self: *Prefetch, seq: u64) Taken {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        while (true) {
+            switch (self.state) {
+                .failed, .closed => return .stopped,
+                .finished => if (seq >= self.put_seq) return .end,
+                .streaming => {},
+            }
+            if (seq < self.put_seq) {
+                const slot = &self.slots[seq % self.slots.len];
+                // Claims are unique per sequence number: nobody took it yet.
+                const item = slot.*.?;
+                slot.* = null;
+                self.changed.broadcast(self.io);
+                return .{ .item = item };
+            }
+            self.changed.waitUncancelable(self.io, &self.mutex);
+        }
+    }
+
+    /// Wakes every waiter: the reader's `put` fails with error.Closed and
+    /// `take` returns `.stopped`. Queued items are released. Idempotent.
+    pub fn close(self: *Prefetch) void {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        self.state = .closed;
+        self.releaseAll();
+        self.changed.broadcast(self.io);
+    }
+
+    /// The number of items of a finished stream; null before its end.
+    pub fn total(self: *Prefetch) ?u64 {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        return if (self.state == .finished) self.put_seq else null;
+    }
+
+    /// The failure of a failed stream. Valid until `deinit`.
+    pub fn failureText(self: *Prefetch) ?[]const u8 {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        return if (self.state == .failed) self.failure.text() else null;
+    }
+
+    fn releaseAll(self: *Prefetch) void {
+        for (self.slots) |*slot| if (slot.*) |*item| {
+            item.release(self.gpa);
+            slot.* = null;
+        };
+    }
+};
+
+/// An item that owns a copy of `bytes` and `id` in one allocation.
+pub fn ownedItem(gpa: Allocator, bytes: []const u8, id: []const u8, kind: abi.SourceKind, source_name: []const u8) Allocator.Error!source.Item {
+    const backing = try gpa.alloc(u8, bytes.len + id.len);
+    @memcpy(backing[0..bytes.len], bytes);
+    @memcpy(backing[bytes.len..], id);
+    return .{
+        .bytes = backing[0..bytes.len],
+        .kind = kind,
+        .id = .{ .plain = backing[bytes.len..] },
+        .source_name = source_name,
+        .backing = backing,
+    };
+}
+
+const testing = std.testing;
+
+test "items arrive in order through a small stage, every one exactly once" {
+    const io = testing.io;
+    var stage = try Prefetch.init(testing.allocator, io, 3);
+    defer stage.deinit();
+    const count = 50;
+    const Reader = struct {
+        fn run(s: *Prefetch) void {
+            for (0..count) |i| {
+                var text: [16]u8 = undefined;
+                const id = std.fmt.bufPrint(&text, "{d}", .{i}) catch unreachable;
+                const item = ownedItem(testing.allocator, id, id, .file, "test") catch return s.fail("oom", .{});
+                s.put(item) catch return;
+            }
+            s.finish();
+        }
+    };
+    const Worker = struct {
+        fn run(s: *Prefetch, next: *std.atomic.Value(u64), seen: *[count]std.atomic.Value(u32)) void {
+            while (true) {
+                const seq = next.fetchAdd(1, .monotonic);
+                switch (s.take(seq)) {
+                    .item => |item| {
+                        var it = item;
+                        defer it.release(testing.allocator);
+                        const index = std.fmt.parseInt(usize, it.bytes, 10) catch unreachable;
+                        std.debug.assert(index == seq);
+                        _ = seen[index].fetchAdd(1, .monotonic);
+                    },
+                    .end, .stopped => return,
+                }
+            }
+        }
+    };
+    var next: std.atomic.Value(u64) = .init(0);
+    var seen: [count]std.atomic.Value(u32) = @splat(.init(0));
+    const reader = try std.Thread.spawn(.{}, Reader.run, .{&stage});
+    var workers: [3]std.Thread = undefined;
+    for (&workers) |*w| w.* = try std.Thread.spawn(.{}, Worker.run, .{ &stage, &next, &seen });
+    reader.join();
+    for (workers) |w| w.join();
+    for (seen) |s| try testing.expectEqual(@as(u32, 1), s.load(.monotonic));
+    try testing.expectEqual(@as(?u64, count), stage.total());
+}
+
+test "close wakes a blocked reader and releases what was queued" {
+    const io = testing.io;
+    var stage = try Prefetch.init(testing.allocator, io, 1);
+    defer stage.deinit();
+    try stage.put(try ownedItem(testing.allocator, "a", "0", .file, "test"));
+    const Reader = struct {
+        fn run(s: *Prefetch, result: *?anyerror) void {
+            const item = ownedItem(testing.allocator, "b", "1", .file, "test") catch unreachable;
+            s.put(item) catch |err| {
+                result.* = err;
+            };
+        }
+    };
+    var result: ?anyerror = null;
+    const reader = try std.Thread.spawn(.{}, Reader.run, .{ &stage, &result });
+    io.sleep(.fromMilliseconds(20), .awake) catch {};
+    stage.close();
+    reader.join();
+    try testing.expectEqual(@as(?anyerror, error.Closed), result);
+    try testing.expect(stage.take(0) == .stopped);
+}
+
+test "a failed stream stops the takers and keeps its reason" {
+    const io = testing.io;
+    var stage = try Prefetch.init(testing.allocator, io, 2);
+    defer stage.deinit();
+    stage.fail("shard {d} is not a tar", .{3});
+    try testing.expect(stage.take(0) == .stopped);
+    try testing.expectEqualStrings("shard 3 is not a tar", stage.failureText().?);
+    try testing.expectEqual(@as(?u64, null), stage.total());
+}

@@ -1,0 +1,231 @@
+//! The seam between the pipeline and where bytes come from. The pipeline
+//! (pipeline.zig) knows sources only through `Source`: it prepares one per
+//! pass, then its decode workers ask for item `seq` and get bytes plus the
+//! sample's identity. A source is one of two kinds:
+//!
+//! * random access (files): `prepare` lists and plans, and the workers
+//!   `fetch` item `seq` themselves, so there is no handoff per image;
+//! * streaming (tar shards, HTTP bodies): a reader thread runs `stream`,
+//!   which puts items in sequence order into the reader stage
+//!   (prefetch.zig), a queue bounded by `prefetch_buffer_size`; workers
+//!   take item `seq` from it. Retries, Range resume and shard order live in
+//!   the source, on that thread; the number of items is known only at the
+//!   end of the stream.
+//!
+//! Adding a source means a variant here and a case in `init`; pipeline.zig
+//! does not change.
+const std = @import("std");
+const builtin = @import("builtin");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+
+const abi = @import("../abi_types.zig");
+const config_mod = @import("../config.zig");
+const decoder = @import("../decode/decoder.zig");
+const runtime = @import("../runtime.zig");
+const sample_mod = @import("../sample.zig");
+const files = @import("files.zig");
+const FileSource = @import("file_source.zig").FileSource;
+const prefetch = @import("prefetch.zig");
+pub const order = @import("order.zig");
+
+/// One item as a decode worker sees it: encoded bytes and the identity of
+/// the sample they become.
+pub const Item = struct {
+    /// Borrowed from the worker's `Scratch` (random access) or from
+    /// `backing` (streamed).
+    bytes: []const u8,
+    kind: abi.SourceKind,
+    /// Borrowed like `bytes`, or from the source for the pass's duration.
+    id: sample_mod.Id,
+    source_name: []const u8,
+    /// A streamed item's one allocation (bytes and id); freed by `release`.
+    backing: ?[]u8 = null,
+
+    pub fn release(self: *Item, gpa: Allocator) void {
+        if (self.backing) |b| gpa.free(b);
+        self.backing = null;
+    }
+};
+
+/// Per-worker buffers reused from item to item.
+pub const Scratch = struct {
+    path: std.ArrayList(u8) = .empty,
+    file: std.ArrayList(u8) = .empty,
+
+    pub fn deinit(self: *Scratch, gpa: Allocator) void {
+        self.path.deinit(gpa);
+        self.file.deinit(gpa);
+    }
+};
+
+/// Why a pass could not be prepared or streamed, in words (the pass fails
+/// with this message).
+pub const Failure = struct {
+    buffer: [512]u8 = undefined,
+    len: usize = 0,
+
+    pub fn set(self: *Failure, comptime fmt: []const u8, args: anytype) error{Failed} {
+        const written = std.fmt.bufPrint(&self.buffer, fmt, args) catch self.buffer[0..];
+        self.len = written.len;
+        return error.Failed;
+    }
+
+    pub fn text(self: *const Failure) []const u8 {
+        return self.buffer[0..self.len];
+    }
+};
+
+pub const PrepareError = error{ Canceled, Failed };
+
+/// What `prepare` learnt, for the stats.
+pub const Prepared = struct {
+    /// Items this worker delivers; null: known only at the end of the stream.
+    items: ?u64,
+    listed: u64 = 0,
+    skipped: std.EnumArray(files.SkipCause, u64) = .initFill(0),
+    listing_ns: u64 = 0,
+};
+
+/// Where a (rank, worker) stands in its epoch: with the config, enough to
+/// recompute its sequence and continue after the last item handed out.
+/// Serialised in `stats()["cursor"]`; the resume issue restores from it.
+pub const Cursor = struct {
+    seed: ?u64,
+    epoch: u64,
+    rank: u32,
+    world_size: u32,
+    worker: u32,
+    num_workers: u32,
+    /// The sequence number of the next item not handed out (delivered or
+    /// skipped as failed).
+    position: u64,
+
+    pub fn writeJson(self: *const Cursor, w: *Io.Writer) Io.Writer.Error!void {
+        try w.writeAll("{\"seed\":");
+        if (self.seed) |seed| try w.print("{d}", .{seed}) else try w.writeAll("null");
+        try w.print(",\"epoch\":{d},\"rank\":{d},\"world_size\":{d},\"worker\":{d},\"num_workers\":{d},\"position\":{d}}}", .{
+            self.epoch, self.rank, self.world_size, self.worker, self.num_workers, self.position,
+        });
+    }
+};
+
+pub const Source = union(enum) {
+    file: FileSource,
+    /// A streamed list of in-memory items, compiled into tests only: it
+    /// drives the reader stage through the real pipeline.
+    test_stream: if (builtin.is_test) TestStream else void,
+
+    pub fn init(gpa: Allocator, config: *const config_mod.Config, epoch: u64) Allocator.Error!Source {
+        return switch (config.source_type) {
+            .file => .{ .file = try FileSource.init(gpa, config, epoch) },
+            // config.zig refuses these before a loader exists.
+            .webdataset, .db => unreachable,
+        };
+    }
+
+    pub fn deinit(self: *Source, gpa: Allocator) void {
+        switch (self.*) {
+            .file => |*s| s.deinit(gpa),
+            .test_stream => {},
+        }
+        self.* = undefined;
+    }
+
+    pub fn streams(self: *const Source) bool {
+        return switch (self.*) {
+            .file => false,
+            .test_stream => true,
+        };
+    }
+
+    /// Runs once per pass on one worker thread, before any item is asked
+    /// for: lists, plans, opens what must be opened.
+    pub fn prepare(self: *Source, gpa: Allocator, io: Io, canceled: *const std.atomic.Value(bool), failure: *Failure) PrepareError!Prepared {
+        return switch (self.*) {
+            .file => |*s| s.prepare(gpa, io, canceled, failure),
+            .test_stream => .{ .items = null },
+        };
+    }
+
+    /// Random-access sources: reads item `seq` (the caller releases it).
+    pub fn fetch(self: *Source, gpa: Allocator, io: Io, seq: u64, scratch: *Scratch, diag: *decoder.Diagnostics) decoder.Error!Item {
+        return switch (self.*) {
+            .file => |*s| s.fetch(gpa, io, seq, scratch, diag),
+            .test_stream => unreachable, // streams
+        };
+    }
+
+    /// Streaming sources: runs on the reader thread and puts every item in
+    /// order into `stage`, then finishes it (or fails it).
+    pub fn stream(self: *Source, gpa: Allocator, stage: *prefetch.Prefetch) void {
+        switch (self.*) {
+            .file => unreachable, // random access
+            .test_stream => |*s| if (builtin.is_test) s.run(gpa, stage),
+        }
+    }
+
+    /// The item due at `seq`, in words (a path, a shard and member), for
+    /// log lines and timeout messages.
+    pub fn describeItem(self: *const Source, seq: u64, w: *Io.Writer) Io.Writer.Error!void {
+        switch (self.*) {
+            .file => |*s| try s.describeItem(seq, w),
+            .test_stream => try w.print("streamed item {d}", .{seq}),
+        }
+    }
+
+    /// The source as a whole, in words.
+    pub fn describe(self: *const Source, w: *Io.Writer) Io.Writer.Error!void {
+        switch (self.*) {
+            .file => |*s| try s.describe(w),
+            .test_stream => try w.writeAll("a test stream"),
+        }
+    }
+
+    pub fn cursor(self: *const Source, position: u64) ?Cursor {
+        return switch (self.*) {
+            .file => |*s| .{
+                .seed = s.params.shuffle_seed,
+                .epoch = s.params.epoch,
+                .rank = s.params.rank,
+                .world_size = s.params.world_size,
+                .worker = s.params.worker,
+                .num_workers = s.params.num_workers,
+                .position = position,
+            },
+            .test_stream => null,
+        };
+    }
+};
+
+/// See `Source.test_stream`: items "item-<i>" whose bytes are `images[i]`,
+/// put into the reader stage in order; `fail_after` ends the stream with a
+/// failure after that many items.
+pub const TestStream = struct {
+    images: []const []const u8,
+    fail_after: ?usize = null,
+
+    fn run(self: *TestStream, gpa: Allocator, stage: *prefetch.Prefetch) void {
+        for (self.images, 0..) |image, i| {
+            if (self.fail_after) |n| if (i == n) {
+                stage.fail("test stream broke after {d} items", .{n});
+                return;
+            };
+            var id_buffer: [32]u8 = undefined;
+            const id = std.fmt.bufPrint(&id_buffer, "item-{d}", .{i}) catch unreachable;
+            const item = prefetch.ownedItem(gpa, image, id, .file, "test") catch {
+                stage.fail("out of memory", .{});
+                return;
+            };
+            stage.put(item) catch |err| switch (err) {
+                error.Closed => return,
+            };
+        }
+        stage.finish();
+    }
+};
+
+comptime {
+    std.debug.assert(@sizeOf(Cursor) <= 64);
+    _ = runtime;
+}
