@@ -142,3 +142,14 @@ def test_world_size_without_rank_in_the_dataset_uses_rank_env(folder: Path, monk
     dataset = datago.DatagoIterDataset(config(folder, source={"world_size": 2}))
     got = sorted(relative(folder, item["id"]) for item in DataLoader(dataset, batch_size=None, num_workers=0))
     assert got == sorted(p.name for p in folder.iterdir())[1::2]
+
+
+def test_the_cursor_says_where_this_worker_stands(folder: Path) -> None:
+    config = file_config(folder, source={"random_sampling": True, "seed": 9}, num_workers=3, worker_id=1, epoch=4)
+    with datago.DatagoClient(config) as client:
+        for _ in range(5):
+            assert client.get_sample() is not None
+        cursor = client.stats()["cursor"]
+        assert cursor == {"seed": 9, "epoch": 4, "rank": 0, "world_size": 1, "worker": 1, "num_workers": 3, "position": 5}
+        rest = len(list(client))
+        assert client.stats()["cursor"]["position"] == 5 + rest == 20

@@ -114,7 +114,7 @@ def test_a_timeout_raises_naming_what_it_waited_for(tmp_path: Path) -> None:
             client.get_sample()
         assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, datago.SourceError)
         message = str(caught.value)
-        assert "the listing of" in message or f"'{root}/big.jpg'" in message, message
+        assert "the preparation (listing) of" in message or f"'{root}/big.jpg'" in message, message
         assert client.last_stop_reason == "timeout"
 
 
