@@ -41,6 +41,12 @@ test {
     _ = @import("log.zig");
     _ = @import("sample.zig");
     _ = @import("sources/files.zig");
+    _ = @import("sources/braces.zig");
+    _ = @import("sources/shard_split.zig");
+    _ = @import("sources/tar.zig");
+    _ = @import("sources/wds_group.zig");
+    _ = @import("sources/http.zig");
+    _ = @import("sources/http_test.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("stats.zig");
     _ = @import("batcher.zig");
