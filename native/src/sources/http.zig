@@ -477,7 +477,8 @@ pub const Body = struct {
     /// Opens `url` and receives the first response head: a status that gives
     /// the URL up is returned here, before any byte is read. `buffer` becomes
     /// the reader's buffer (the tar reader wants at least 16 bytes). The
-    /// body must not move while open; `close` it in every case.
+    /// body must not move while open. On error nothing is held (`close` is
+    /// then a no-op) and `diagnostics` says why.
     pub fn open(body: *Body, client: *Client, url: []const u8, buffer: []u8) Error!void {
         assert(buffer.len >= 16);
         var seed: [8]u8 = undefined;
@@ -516,13 +517,16 @@ pub const Body = struct {
         body.uri = std.Uri.parse(body.url_buffer[0..url.len]) catch return error.InvalidUrl;
         try body.resolveHost();
         body.slot = try client.watchdog.claim();
-        errdefer client.watchdog.release(body.slot);
-        body.host_index = try client.hosts.acquire(body.host, body.port, &client.stopping);
+        body.host_index = client.hosts.acquire(body.host, body.port, &client.stopping) catch |err| {
+            client.watchdog.release(body.slot);
+            return err;
+        };
         body.holding = true;
         body.state = .open;
         body.connect() catch |err| {
             body.state = .failed;
             body.failure = err;
+            body.close();
             return err;
         };
     }

@@ -408,6 +408,9 @@ test "a 404 gives the URL up at once, before any byte" {
     try testing.expectEqual(@as(u16, 404), f.body.diagnostics.status);
     try testing.expectEqual(@as(u32, 1), f.body.stats.requests);
     try testing.expectEqual(@as(u64, 0), f.body.stats.bytes_received);
+    // A failed open holds nothing.
+    try testing.expectEqual(@as(u16, 0), f.client.hosts.openCount("127.0.0.1", f.server.port));
+    try testing.expect(!f.body.holding);
 }
 
 test "a stall longer than read_timeout: the watchdog cuts it, the body resumes" {
