@@ -43,6 +43,12 @@ test {
     _ = @import("sources/source.zig");
     _ = @import("sources/file_source.zig");
     _ = @import("sources/prefetch.zig");
+    _ = @import("sources/braces.zig");
+    _ = @import("sources/shard_split.zig");
+    _ = @import("sources/tar.zig");
+    _ = @import("sources/wds_group.zig");
+    _ = @import("sources/http.zig");
+    _ = @import("sources/http_test.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
     _ = @import("stats.zig");
