@@ -1,5 +1,5 @@
 //! Brace expansion of a WebDataset `url` into the list of shard URLs, exactly
-//! as spec §7.2 describes the reference:
+//! as compatibility.md §7.2 describes the reference:
 //!
 //! - lists `{a,b}` and nested lists `{a,{b,c}d}` → `a`, `bd`, `cd`; a single
 //!   item `{one}` → `one`; empty braces `x{}` → `x`;
@@ -309,18 +309,18 @@ fn expectFailure(pattern: []const u8, expected: Error, offset: usize) !void {
     try testing.expectEqual(offset, diagnostics.offset);
 }
 
-test "spec §7.2 lists, nesting, single items and empty braces" {
+test "compatibility.md §7.2 lists, nesting, single items and empty braces" {
     try expectExpansion("{a,b}", &.{ "a", "b" });
     try expectExpansion("{a,{b,c}d}", &.{ "a", "bd", "cd" });
     try expectExpansion("{one}", &.{"one"});
     try expectExpansion("x{}", &.{"x"});
 }
 
-test "spec §7.2 several groups: cartesian product, leftmost slowest" {
+test "compatibility.md §7.2 several groups: cartesian product, leftmost slowest" {
     try expectExpansion("{1..2}{a,b}", &.{ "1a", "1b", "2a", "2b" });
 }
 
-test "spec §7.2 numeric ranges and zero padding" {
+test "compatibility.md §7.2 numeric ranges and zero padding" {
     try expectExpansion("{9..11}", &.{ "9", "10", "11" });
     try expectExpansion("{08..11}", &.{ "08", "09", "10", "11" });
     try expectExpansion("{001..3}", &.{ "001", "002", "003" });
@@ -329,7 +329,7 @@ test "spec §7.2 numeric ranges and zero padding" {
     try expectExpansion("{5..5}", &.{"5"});
 }
 
-test "spec §7.2 patterns that cannot be expanded" {
+test "compatibility.md §7.2 patterns that cannot be expanded" {
     try expectFailure("{3..1}", error.InvalidRange, 0);
     try expectFailure("{-1..1}", error.InvalidRange, 0);
     try expectFailure("{a..c}", error.InvalidRange, 0);

@@ -10,7 +10,7 @@
 //!   a TODO that panics (Io/Threaded.zig, netConnectIpPosix);
 //! - a read timeout by a `Watchdog` that shuts the socket down when a
 //!   request has made no progress for `read_timeout_ms`: std has none, and
-//!   SO_RCVTIMEO's EAGAIN panics in Debug (zig-0.17.md §6);
+//!   SO_RCVTIMEO's EAGAIN panics in Debug (Zig 0.17's std, lib/std/Io/Threaded.zig);
 //! - retries on connect errors, timeouts, 408, 429 and 5xx with exponential
 //!   backoff and jitter, honouring `Retry-After`, up to `retries_max`
 //!   (DATAGO_MAX_RETRIES); any other 4xx gives the URL up at once

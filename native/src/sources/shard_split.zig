@@ -1,5 +1,5 @@
 //! Which WebDataset shards a (rank, DataLoader worker) reads, in which order,
-//! and which samples inside them it keeps (spec §6.2, issue 17).
+//! and which samples inside them it keeps (compatibility.md §6.2, issue 17).
 //!
 //! Two levels, each split by shard when there are enough shards, else by a
 //! hash of the sample key:
@@ -19,7 +19,7 @@
 //!    them, else by hash. So a rank reads each of its shards once in total.
 //!
 //! The hash rule: `h = SipHash-1-3(k0 = 0, k1 = 0, key ‖ 0xFF)` (Rust's
-//! `DefaultHasher` over a `str`, spec §6.2). With M = the product of the
+//! `DefaultHasher` over a `str`, compatibility.md §6.2). With M = the product of the
 //! hashed levels' sizes and s = the slot of this (rank, worker) among them,
 //! a sample is kept iff `h mod M == s`. For the rank level alone that is the
 //! reference's `h mod W == rank`; with both levels hashed it is
@@ -34,11 +34,11 @@
 //! without `random_sampling`; with it, the permutation's order when seeded,
 //! else the part permuted once more by the caller's fresh `entropy`. That
 //! last shuffle happens after the split, so ranks stay disjoint without a
-//! seed (spec §13.3).
+//! seed (compatibility.md §13).
 const std = @import("std");
 const assert = std.debug.assert;
 const Allocator = std.mem.Allocator;
-const order = @import("../order.zig");
+const order = @import("order.zig");
 
 /// The split seed of unseeded clients: every rank must use the same one.
 /// Changing it reassigns shards to ranks; treat it as part of the format.
@@ -176,7 +176,7 @@ fn arrange(gpa: Allocator, shards: []u32, params: Params) Allocator.Error!void {
 }
 
 /// SipHash-1-3 with a zero key over `key ‖ 0xFF`: Rust's
-/// `DefaultHasher::new()` after `str::hash` (spec §6.2).
+/// `DefaultHasher::new()` after `str::hash` (compatibility.md §6.2).
 pub fn sampleHash(key: []const u8) u64 {
     const zero_key: [16]u8 = @splat(0);
     var hasher = std.crypto.auth.siphash.SipHash64(1, 3).init(&zero_key);
@@ -185,7 +185,7 @@ pub fn sampleHash(key: []const u8) u64 {
     return hasher.finalInt();
 }
 
-/// The reference's per-member key (spec §6.2): the file name without its
+/// The reference's per-member key (compatibility.md §6.2): the file name without its
 /// directories and without its last extension, as Rust's `Path::file_stem`
 /// (`a/b/x.seg.png` → `x.seg`, `noext` → `noext`, `.hidden` → `.hidden`).
 pub fn memberKey(path: []const u8) []const u8 {
@@ -199,7 +199,7 @@ pub fn memberKey(path: []const u8) []const u8 {
 
 const testing = std.testing;
 
-test "spec §6.2 SipHash test vectors and their ranks" {
+test "compatibility.md §6.2 SipHash test vectors and their ranks" {
     const Vector = struct { key: []const u8, hash: u64, rank_of_2: u64, rank_of_3: u64 };
     const vectors = [_]Vector{
         .{ .key = "", .hash = 0x30406ea523c53def, .rank_of_2 = 1, .rank_of_3 = 1 },

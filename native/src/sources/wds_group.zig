@@ -1,5 +1,5 @@
 //! WebDataset grouping: consecutive tar members that share a key form one
-//! sample (issue 17; spec §7.2 for the roles).
+//! sample (issue 17; compatibility.md §7.2 for the roles).
 //!
 //! The key is WebDataset's: the member's path up to the first dot of its file
 //! name (`a/x.seg.png` → `a/x`). Unlike the reference, whose key drops only
@@ -34,10 +34,10 @@ const Allocator = std.mem.Allocator;
 const tar = @import("tar.zig");
 const shard_split = @import("shard_split.zig");
 
-/// Image extensions of spec §7.2 (`webp` is skipped there, unless it is the
+/// Image extensions of compatibility.md §7.2 (`webp` is skipped there, unless it is the
 /// reference type).
 pub const image_extensions = [_][]const u8{ "jpg", "jpeg", "png" };
-/// Text members kept as attributes (spec §7.2).
+/// Text members kept as attributes (compatibility.md §7.2).
 pub const attribute_extensions = [_][]const u8{ "cls", "json", "txt" };
 /// Most members kept per sample; beyond it the sample is `too_large`.
 pub const entries_max = 64;
@@ -481,7 +481,7 @@ test "a sample over its byte or entry limit is flagged and the next one is whole
 }
 
 test "sample_hash filters members by the reference's key before grouping" {
-    // Spec §6.2 vectors: x1 and x1.seg go to rank 1 of 2, img-42 to rank 0.
+    // compatibility.md §6.2 vectors: x1 and x1.seg go to rank 1 of 2, img-42 to rank 0.
     const files = [_]TestFile{
         .{ .name = "x1.jpg" },
         .{ .name = "x1.seg.png" },
