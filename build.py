@@ -35,6 +35,7 @@ NATIVE = ROOT / "native"
 LIBRARY = "libdatago.so"
 # Licence files of vendored code, shipped with the binary that contains it.
 LICENSES = {
+    "libdeflate": ["COPYING"],
     "libjpeg-turbo": ["LICENSE.md", "README.ijg"],
     "libwebp": ["COPYING", "PATENTS"],
     "wuffs": ["LICENSE"],

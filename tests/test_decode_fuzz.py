@@ -41,6 +41,9 @@ def seeds() -> dict[str, tuple[bytes, str | None]]:
         "rgba.png": (encode(rgba, "PNG"), None),
         "p.png": (encode(rgb.quantize(40), "PNG"), "RGB"),
         "l.png": (encode(rgb.convert("L"), "PNG", compress_level=1), None),
+        # 8-bit L, LA, RGB, RGBA non-interlaced take the PNG fast path
+        # (png_fast.zig); P takes Wuffs.
+        "la.png": (encode(rgb.convert("LA"), "PNG", compress_level=9), None),
         "a.gif": (encode(rgb.quantize(60), "GIF"), "RGBA"),
         "rgb.bmp": (encode(rgb, "BMP"), None),
         "p.bmp": (encode(rgb.quantize(16), "BMP"), "RGB"),

@@ -109,6 +109,7 @@ pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) void {
     mod.linkLibrary(addJpeg(b, target, optimize, opts));
     mod.linkLibrary(addWebp(b, target, optimize, opts));
     mod.linkLibrary(addWuffs(b, target, optimize, opts));
+    mod.linkLibrary(addLibdeflate(b, target, optimize, opts));
     mod.addOptions("build_options", opts.build_options);
 }
 
@@ -309,4 +310,36 @@ fn addWuffs(
         .flags = cFlags(b, opts, &.{"-O3"}),
     });
     return b.addLibrary(.{ .name = "datago_wuffs", .linkage = .static, .root_module = wmod });
+}
+
+// ---- libdeflate: decompressor, zlib wrapper, Adler-32 and CRC-32 only. ----
+
+const libdeflate_sources = [_][]const u8{
+    "lib/deflate_decompress.c",
+    "lib/zlib_decompress.c",
+    "lib/adler32.c",
+    "lib/crc32.c",
+    "lib/utils.c",
+    "lib/x86/cpu_features.c",
+    "lib/arm/cpu_features.c",
+};
+
+fn addLibdeflate(
+    b: *std.Build,
+    target: std.Build.ResolvedTarget,
+    optimize: std.lang.Optimize,
+    opts: Options,
+) *std.Build.Step.Compile {
+    const dmod = cModule(b, target, optimize, opts);
+    const vendor = opts.root.path(b, "vendor/libdeflate");
+    dmod.addIncludePath(vendor);
+    // lib/lib_common.h marks the API `__attribute__((visibility("default")))`
+    // with no way to override it, which would export libdeflate_* from our .so
+    // past -fvisibility=hidden. Attribute names are macro-expanded, so this
+    // turns that one attribute into "hidden" without touching the source.
+    const hide = "-Dvisibility(x)=__visibility__(\"hidden\")";
+    // -O2, as libdeflate's own CMake release build uses.
+    const flags = cFlags(b, opts, &.{ "-O2", hide });
+    dmod.addCSourceFiles(.{ .root = vendor, .files = &libdeflate_sources, .flags = flags });
+    return b.addLibrary(.{ .name = "datago_libdeflate", .linkage = .static, .root_module = dmod });
 }

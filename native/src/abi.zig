@@ -342,7 +342,8 @@ export fn datago_build_info() [*:0]const u8 {
     var w: std.Io.Writer = .fixed(build_info_buffer[0 .. build_info_buffer.len - 1]);
     w.print("{{\"version\":\"{s}\",\"abi\":{d},\"optimize\":\"{s}\",\"cpu\":\"{s}\"," ++
         "\"jpeg\":\"libjpeg-turbo 3.1.2\",\"jpeg_simd_built\":{},\"jpeg_simd\":\"{s}\"," ++
-        "\"png\":\"Wuffs 0.3.4\",\"gif\":\"Wuffs 0.3.4\",\"bmp\":\"Wuffs 0.3.4\"," ++
+        "\"png\":\"libdeflate 1.25 + datago unfilter (8-bit L/LA/RGB/RGBA), else Wuffs 0.3.4\"," ++
+        "\"gif\":\"Wuffs 0.3.4\",\"bmp\":\"Wuffs 0.3.4\"," ++
         "\"webp\":\"libwebp 1.2.4 (Debian 1.2.4-0.2+deb12u1)\",\"png_encoder\":\"datago\"}}", .{
         version,                types.abi_version,       @tagName(builtin.mode),
         builtin.cpu.model.name, build_options.jpeg_simd, @import("decode/jpeg.zig").simdLevel(),

@@ -51,6 +51,7 @@ test {
     _ = @import("sources/http_test.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
+    _ = @import("decode/png_fast.zig");
     _ = @import("stats.zig");
     _ = @import("batcher.zig");
     _ = @import("buffers.zig");

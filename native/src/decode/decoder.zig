@@ -6,6 +6,7 @@ const buffers = @import("../buffers.zig");
 const sample = @import("../sample.zig");
 const jpeg = @import("jpeg.zig");
 const wuffs = @import("wuffs.zig");
+const png_fast = @import("png_fast.zig");
 const webp = @import("webp.zig");
 
 pub const Format = enum { jpeg, png, gif, bmp, webp, unknown };
@@ -84,7 +85,7 @@ pub fn decode(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnos
         },
         .jpeg => decodeJpeg(gpa, bytes, max_pixels, diag),
         .webp => decodeWebp(gpa, bytes, max_pixels, diag),
-        .png => decodeWuffs(gpa, .png, bytes, max_pixels, diag),
+        .png => decodePng(gpa, bytes, max_pixels, diag),
         .gif => decodeWuffs(gpa, .gif, bytes, max_pixels, diag),
         .bmp => decodeWuffs(gpa, .bmp, bytes, max_pixels, diag),
     };
@@ -182,6 +183,72 @@ fn webpError(err: webp.Error, diag: *Diagnostics) Error {
         error.TooLarge => error.TooLarge,
         error.OutOfMemory => error.NoMemory,
     };
+}
+
+/// PNG: the fast path (png_fast.zig: 8-bit grey, LA, RGB, RGBA, not
+/// interlaced) when it takes the file, else Wuffs, which also gives the cause
+/// and reason for every refusal. `DATAGO_PNG_PATH` picks one path for tests.
+fn decodePng(gpa: Allocator, bytes: []const u8, max_pixels: u64, diag: *Diagnostics) Error!sample.Pixels {
+    const mode = png_fast.mode();
+    if (mode == .wuffs) return decodeWuffs(gpa, .png, bytes, max_pixels, diag);
+    var why: png_fast.Declined = .{};
+    if (decodePngFast(gpa, bytes, max_pixels, &why, diag)) |pixels| {
+        return pixels;
+    } else |err| switch (err) {
+        error.Declined => {},
+        error.TooLarge => return error.TooLarge,
+        error.NoMemory => return error.NoMemory,
+    }
+    if (mode == .fast) {
+        diag.set("unsupported PNG variant (the fast path declined it: {s})", .{why.reason});
+        return error.Unsupported;
+    }
+    return decodeWuffs(gpa, .png, bytes, max_pixels, diag);
+}
+
+/// Memory: the delivered pixels, the inflated image and (for split IDAT) a
+/// copy of the image data, sized by `png_fast.probe` before any is allocated.
+fn decodePngFast(
+    gpa: Allocator,
+    bytes: []const u8,
+    max_pixels: u64,
+    why: *png_fast.Declined,
+    diag: *Diagnostics,
+) error{ Declined, TooLarge, NoMemory }!sample.Pixels {
+    var plan: png_fast.Plan = undefined;
+    try png_fast.probe(bytes, &plan, why);
+    if (@as(u64, plan.width) * plan.height > max_pixels) {
+        tooLarge(diag, plan.width, plan.height, max_pixels) catch return error.TooLarge;
+    }
+    const buffer = sample.Pixels.alloc(gpa, @intCast(plan.pixelBytes())) catch {
+        diag.set("out of memory for {d}x{d} pixels", .{ plan.width, plan.height });
+        return error.NoMemory;
+    };
+    var pixels: sample.Pixels = .{
+        .data = buffer,
+        .backing = buffer,
+        .width = plan.width,
+        .height = plan.height,
+        .channels = plan.channels,
+        .bit_depth = 8,
+        .original_width = plan.width,
+        .original_height = plan.height,
+        .crop = .{ 0, 0, @floatFromInt(plan.width), @floatFromInt(plan.height) },
+    };
+    errdefer pixels.deinit(gpa);
+    const work = buffers.alloc(gpa, @intCast(plan.filteredBytes())) catch {
+        diag.set("out of memory for the {d}x{d} image's work buffer", .{ plan.width, plan.height });
+        return error.NoMemory;
+    };
+    defer buffers.free(gpa, work);
+    png_fast.decode(gpa, &plan, bytes, buffer, work, why) catch |err| switch (err) {
+        error.Declined => return error.Declined,
+        error.OutOfMemory => {
+            diag.set("out of memory decoding a PNG file", .{});
+            return error.NoMemory;
+        },
+    };
+    return pixels;
 }
 
 /// PNG, GIF, BMP. Memory: the header's image (`decode_bytes`, sized before
