@@ -473,12 +473,20 @@ pub const Pass = struct {
             }
             return;
         };
-        if (pass.source.streams()) pass.startReader() catch {
-            pass.failListing("cannot start the reader thread of {s}", .{@tagName(pass.source)});
+        // The stage must exist before any worker may claim, and the reader
+        // must start only after `items` is set here: a short stream could
+        // otherwise end, set `items`, and have it overwritten with null.
+        const stage: ?*prefetch.Prefetch = if (pass.source.streams()) pass.createStage() catch {
+            pass.failListing("out of memory for the reader stage of {s}", .{@tagName(pass.source)});
             return;
-        };
+        } else null;
+        defer if (stage != null) pass.startReader() catch
+            pass.failListing("cannot start the reader thread of {s}", .{@tagName(pass.source)});
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
+        pass.stage = stage;
+        // Stopped while preparing: the reader must find its stage closed.
+        if (pass.phase == .done) if (stage) |st| st.close();
         pass.items = prepared.items;
         pass.counters.listed = prepared.listed;
         pass.counters.skipped = prepared.skipped;
@@ -490,23 +498,25 @@ pub const Pass = struct {
         pass.ready_cond.broadcast(pass.io);
     }
 
-    /// Starts the reader thread of a streaming source, which fills the
-    /// reader stage (at most prefetch_buffer_size items ahead). It counts
-    /// as one of the pass's threads for `stop`.
-    fn startReader(pass: *Pass) error{ OutOfMemory, ThreadSpawnFailed }!void {
+    /// The reader stage of a streaming source: at most
+    /// prefetch_buffer_size items read ahead of the workers.
+    fn createStage(pass: *Pass) Allocator.Error!*prefetch.Prefetch {
         const stage = try pass.gpa.create(prefetch.Prefetch);
         errdefer pass.gpa.destroy(stage);
         stage.* = try prefetch.Prefetch.init(pass.gpa, pass.io, pass.config.prefetch_buffer_size);
-        errdefer stage.deinit();
+        return stage;
+    }
+
+    /// Starts the reader thread, which runs the source's `stream` into the
+    /// stage. It counts as one of the pass's threads for `stop`.
+    fn startReader(pass: *Pass) error{ThreadSpawnFailed}!void {
         pass.mutex.lockUncancelable(pass.io);
-        pass.stage = stage;
         pass.threads_alive += 1;
         pass.mutex.unlock(pass.io);
         pass.ref();
         const thread = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, readerMain, .{pass}) catch {
             pass.mutex.lockUncancelable(pass.io);
             pass.threads_alive -= 1;
-            pass.stage = null;
             pass.mutex.unlock(pass.io);
             pass.unref();
             return error.ThreadSpawnFailed;
