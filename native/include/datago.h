@@ -266,7 +266,9 @@ void datago_loader_close(datago_loader *loader);
  * of next waited, queue depths, thread count, listing size and time,
  * listing entries skipped per cause ("skipped"), the shuffle seed in use
  * ("seed": given or drawn at open; null without random_sampling) and what
- * the pass waits for ("waiting_for": text, or null).
+ * the pass waits for ("waiting_for": text, or null), and where this (rank,
+ * worker) stands ("cursor": seed, epoch, rank, world_size, worker,
+ * num_workers, position = next sequence number not handed out).
  * Writes a NUL-terminated document into buffer when it fits (capacity
  * includes the NUL) and sets *length_out (may be NULL) to its length without
  * the NUL. Returns DATAGO_OK, or DATAGO_ERR_ARGUMENT when buffer is NULL or
