@@ -227,9 +227,25 @@ fn unfilterAll(comptime bpp: usize, row_bytes: usize, height: u32, work: []const
     assert(work.len == (row_bytes + 1) * height);
     assert(out.len == row_bytes * height);
     var y: usize = 0;
-    while (y < height) : (y += 1) {
+    rows: while (y < height) : (y += 1) {
         const filtered = work[y * (row_bytes + 1) ..][0 .. row_bytes + 1];
         const row = out[y * row_bytes ..][0..row_bytes];
+        if (y > 0 and filtered[0] == 4) {
+            // Runs of 8 or 4 Paeth rows in one vector (paethRows).
+            inline for (.{ 8, 4 }) |R| {
+                if (y + R <= height and paethRun(R, work, row_bytes, y)) {
+                    var rows_in: [R][]const u8 = undefined;
+                    var rows_out: [R][]u8 = undefined;
+                    inline for (0..R) |k| {
+                        rows_in[k] = work[(y + k) * (row_bytes + 1) ..][1 .. row_bytes + 1];
+                        rows_out[k] = out[(y + k) * row_bytes ..][0..row_bytes];
+                    }
+                    paethRows(bpp, R, &rows_in, out[(y - 1) * row_bytes ..][0..row_bytes], &rows_out);
+                    y += R - 1;
+                    continue :rows;
+                }
+            }
+        }
         if (y > 0 and y + 1 < height and filtered[0] == 4 and work[(y + 1) * (row_bytes + 1)] == 4) {
             // Two Paeth rows at once: twice the independent work per step.
             const prior = out[(y - 1) * row_bytes ..][0..row_bytes];
@@ -406,6 +422,125 @@ fn paeth2(comptime bpp: usize, filtered0: []const u8, filtered1: []const u8, pri
     store(bpp, i16, row1, last, a1);
 }
 
+/// Whether rows y .. y + R - 1 are all Paeth.
+fn paethRun(comptime R: usize, work: []const u8, row_bytes: usize, y: usize) bool {
+    inline for (0..R) |k| {
+        if (work[(y + k) * (row_bytes + 1)] != 4) return false;
+    }
+    return true;
+}
+
+/// Paeth on `R` consecutive rows in one vector of R × lanes(bpp) samples, a
+/// wavefront: at step s, row k works on pixel s − k. Row k's pixel above
+/// (b) is row k − 1's previous result, already in the vector: b is the
+/// vector shifted up by one row with the prior row's pixel s shifted in, and
+/// the pixel above-left (c) is the previous step's b. One dependency chain
+/// (plus one shuffle) now carries R pixels.
+fn paethRows(comptime bpp: usize, comptime R: usize, filtered: *const [R][]const u8, prior: []const u8, rows: *const [R][]u8) void {
+    @setRuntimeSafety(false);
+    const n = comptime lanes(bpp);
+    const W = n * R;
+    assert(prior.len % bpp == 0 and prior.len > 0);
+    inline for (0..R) |k| assert(filtered[k].len == prior.len and rows[k].len == prior.len);
+    const npix = prior.len / bpp;
+    var state: PaethState(W) = .{};
+    const total = npix + R - 1;
+    var s: usize = 0;
+    // Rows start one step apart: the first R − 1 steps check bounds.
+    while (s < @min(R - 1, total)) : (s += 1) paethStep(bpp, R, true, s, npix, filtered, prior, rows, &state);
+    // Every row inside its row, none at its last pixel: whole-vector loads and stores.
+    while (s + 1 < npix) : (s += 1) paethStep(bpp, R, false, s, npix, filtered, prior, rows, &state);
+    while (s < total) : (s += 1) paethStep(bpp, R, true, s, npix, filtered, prior, rows, &state);
+}
+
+fn PaethState(comptime W: usize) type {
+    return struct {
+        a: @Vector(W, i16) = @splat(0),
+        c: @Vector(W, i16) = @splat(0),
+    };
+}
+
+/// `n` bytes of the pixel at `i`, zero-padded past the end of `src`.
+inline fn pixelBytes(comptime bpp: usize, comptime n: usize, src: []const u8, i: usize) [n]u8 {
+    @setRuntimeSafety(false);
+    if (i + n <= src.len) return src[i..][0..n].*;
+    var padded: [n]u8 = @splat(0);
+    padded[0..bpp].* = src[i..][0..bpp].*;
+    return padded;
+}
+
+inline fn paethStep(
+    comptime bpp: usize,
+    comptime R: usize,
+    comptime guarded: bool,
+    s: usize,
+    npix: usize,
+    filtered: *const [R][]const u8,
+    prior: []const u8,
+    rows: *const [R][]u8,
+    state: anytype,
+) void {
+    @setRuntimeSafety(false);
+    const n = comptime lanes(bpp);
+    const W = n * R;
+    const V = @Vector(W, i16);
+    var xs: [W]u8 = @splat(0);
+    var above: [n]u8 = @splat(0);
+    if (guarded) {
+        if (s < npix) above = pixelBytes(bpp, n, prior, s * bpp);
+    } else {
+        above = prior[s * bpp ..][0..n].*;
+    }
+    inline for (0..R) |k| {
+        if (guarded) {
+            if (s >= k and s - k < npix) xs[k * n ..][0..n].* = pixelBytes(bpp, n, filtered[k], (s - k) * bpp);
+        } else {
+            xs[k * n ..][0..n].* = filtered[k][(s - k) * bpp ..][0..n].*;
+        }
+    }
+    const x_bytes: @Vector(W, u8) = xs;
+    const x: V = x_bytes;
+    const above_bytes: @Vector(n, u8) = above;
+    const above_v: @Vector(n, i16) = above_bytes;
+    // b: lanes 0..n from the prior row, then the previous a shifted up a row.
+    const shift = comptime blk: {
+        var m: [W]i32 = undefined;
+        for (0..W) |j| m[j] = if (j < n) ~@as(i32, @intCast(j)) else @as(i32, @intCast(j - n));
+        break :blk m;
+    };
+    const b: V = @shuffle(i16, state.a, above_v, shift);
+    var a = (x + paethPredict(W, state.a, b, state.c)) & @as(V, @splat(0xff));
+    var c = b;
+    if (guarded) {
+        // A row that has not started keeps a = c = 0 (no pixel to its left).
+        const lane_row = comptime blk: {
+            var m: [W]u16 = undefined;
+            for (0..W) |j| m[j] = @intCast(j / n);
+            break :blk m;
+        };
+        const started = @as(@Vector(W, u16), lane_row) <= @as(@Vector(W, u16), @splat(@intCast(@min(s, R))));
+        a = @select(i16, started, a, @as(V, @splat(0)));
+        c = @select(i16, started, c, @as(V, @splat(0)));
+    }
+    state.a = a;
+    state.c = c;
+    const out: [W]u8 = @as(@Vector(W, u8), @truncate(@as(@Vector(W, u16), @bitCast(a))));
+    inline for (0..R) |k| {
+        if (guarded) {
+            if (s >= k and s - k < npix) {
+                const i = (s - k) * bpp;
+                if (i + n <= rows[k].len) {
+                    rows[k][i..][0..n].* = out[k * n ..][0..n].*;
+                } else {
+                    rows[k][i..][0..bpp].* = out[k * n ..][0..bpp].*;
+                }
+            }
+        } else {
+            rows[k][(s - k) * bpp ..][0..n].* = out[k * n ..][0..n].*;
+        }
+    }
+}
+
 inline fn paethPredict(comptime n: usize, a: @Vector(n, i16), b: @Vector(n, i16), c: @Vector(n, i16)) @Vector(n, i16) {
     const three: @Vector(n, i16) = @splat(3);
     const t = c * three - b - a;
@@ -486,14 +621,15 @@ test "unfilter equals the specification for every filter, channel count and widt
     const gpa = testing.allocator;
     var prng: std.Random.DefaultPrng = .init(16);
     const random = prng.random();
-    for (1..5) |bpp| for ([_]usize{ 1, 2, 3, 7, 11, 33, 70 }) |width| for (0..8) |_| {
-        const height = 9;
+    for (1..5) |bpp| for ([_]usize{ 1, 2, 3, 7, 8, 9, 11, 33, 70 }) |width| for (0..12) |round| {
+        const height = 22;
         const row_bytes = width * bpp;
         const work = try gpa.alloc(u8, (row_bytes + 1) * height);
         defer gpa.free(work);
         random.bytes(work);
-        // Runs of Paeth rows (the two-row kernel) and every other filter.
-        for (0..height) |y| work[y * (row_bytes + 1)] = if (random.boolean()) 4 else random.uintLessThan(u8, 5);
+        // Runs of Paeth rows (the 8-, 4- and two-row kernels) and every
+        // other filter; every third round all Paeth (runs of 8, 8, 4, 1).
+        for (0..height) |y| work[y * (row_bytes + 1)] = if (round % 3 == 0 or random.boolean()) 4 else random.uintLessThan(u8, 5);
         const got = try gpa.alloc(u8, row_bytes * height);
         defer gpa.free(got);
         const want = try gpa.alloc(u8, row_bytes * height);
