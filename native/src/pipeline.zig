@@ -480,7 +480,10 @@ pub const Pass = struct {
         };
         pass.mutex.lockUncancelable(pass.io);
         defer pass.mutex.unlock(pass.io);
-        pass.items = prepared.items;
+        // A stream's length is set by its reader thread, which may already
+        // have ended (a short stream): never overwrite it with "unknown",
+        // or the consumer waits past the end until its timeout.
+        if (prepared.items) |items| pass.items = items;
         pass.counters.listed = prepared.listed;
         pass.counters.skipped = prepared.skipped;
         pass.counters.listing_ns = prepared.listing_ns;
