@@ -185,6 +185,32 @@ def test_an_undecodable_image_is_counted_with_its_shard_and_key(tmp_path: Path, 
     assert any(f"{tmp_path / 'm.tar'}#bad" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
+def test_additional_images_follow_the_main_image_into_its_bucket(tmp_path: Path) -> None:
+    from shard_server import image_bytes
+
+    members = [("a/x.jpg", image_bytes(1, size=(96, 64))), ("a/x.seg.png", image_bytes(2, "PNG", (48, 32))),
+               ("a/x.txt", b"t"), ("a/y.jpg", image_bytes(3, size=(64, 96)))]
+    write_tar(tmp_path / "m.tar", members)
+    image_config = {"crop_and_resize": True, "default_image_size": 64, "downsampling_ratio": 16,
+                    "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}
+    with datago.DatagoClient(wds_config(str(tmp_path / "m.tar"), top={"image_config": image_config})) as client:
+        x, y = drain(client)
+    assert (x.id, y.id) == ("x", "y")
+    assert list(x.additional_images) == ["a/x.seg.png"] and y.additional_images == {}
+    extra = x.additional_images["a/x.seg.png"]
+    assert (extra.width, extra.height) == (x.image.width, x.image.height)
+    assert x.image.width > x.image.height  # the 3:2 bucket of the main image
+
+
+def test_a_broken_additional_image_fails_its_sample(tmp_path: Path) -> None:
+    from shard_server import image_bytes
+
+    write_tar(tmp_path / "m.tar", [("x.jpg", image_bytes(1)), ("x.png", b"broken"), ("y.jpg", image_bytes(2))])
+    with datago.DatagoClient(wds_config(str(tmp_path / "m.tar"))) as client:
+        assert [s.id for s in drain(client)] == ["y"]
+        assert client.stats()["failed"] == 1
+
+
 def test_headers_and_auth_token_are_sent(tmp_path: Path) -> None:
     shards = make_shards(tmp_path, 1, 1)
     with ShardServer() as server:

@@ -42,12 +42,22 @@ pub const Item = struct {
     source_name: []const u8,
     /// The sample's `attributes` (a JSON object), borrowed like `bytes`.
     attributes_json: []const u8 = "{}",
-    /// A streamed item's one allocation (bytes, id, attributes); freed by `release`.
+    /// Other images of the sample, processed into the main image's bucket
+    /// (`additional_images`); names and bytes borrowed like `bytes`.
+    additional: []const Named = &.{},
+    /// A streamed item's one allocation (bytes, id, attributes, additional
+    /// images); freed by `release`.
     backing: ?[]u8 = null,
+    /// The array behind `additional` when it was allocated; freed by `release`.
+    additional_backing: ?[]Named = null,
+
+    pub const Named = struct { name: []const u8, bytes: []const u8 };
 
     pub fn release(self: *Item, gpa: Allocator) void {
         if (self.backing) |b| gpa.free(b);
+        if (self.additional_backing) |a| gpa.free(a);
         self.backing = null;
+        self.additional_backing = null;
     }
 };
 

@@ -18,8 +18,11 @@
 //! `logged_groups_max` WARN lines per pass) and counted. When every shard of
 //! the part failed, the stream fails naming the first failure.
 //!
-//! Not yet: additional images (other image members are read and dropped),
-//! a local cache, a shuffle buffer, Google Cloud Storage listings, several
+//! Other image members (`jpg`, `jpeg`, `png`) travel with the item and are
+//! processed into the main image's bucket by the pipeline
+//! (`additional_images`, named by their path in the tar).
+//!
+//! Not yet: a local cache, a shuffle buffer, Google Cloud Storage listings, several
 //! shards downloaded at once (one body is open at a time per reader).
 const std = @import("std");
 const Io = std.Io;
@@ -188,6 +191,9 @@ pub const WdsSource = struct {
         var first_failure: source.Failure = .{};
         var failed: u64 = 0;
         for (plan.shards) |shard_index| {
+            // A stopped pass closes the stage; a part whose shards all fail
+            // never puts, so it must look before each shard.
+            if (stage.isClosed()) return;
             const url = urls.get(shard_index);
             var why: source.Failure = .{};
             const outcome = reading.readShard(url, stage, plan.filter, &why);
@@ -400,26 +406,42 @@ const Reading = struct {
         }
     }
 
-    /// One allocation: image bytes, id, attributes JSON.
+    /// One allocation for image bytes, id, attributes JSON and additional
+    /// images (named by their path in the tar); one for the list of those.
     fn makeItem(r: *Reading, group: wds_group.Group, url: []const u8) Allocator.Error!source.Item {
         const image = group.image().?;
+        const others = group.entries[1..];
         r.attributes.clearRetainingCapacity();
-        try writeAttributes(r.gpa, &r.attributes, group.entries[1..]);
+        try writeAttributes(r.gpa, &r.attributes, others);
         const id = group.name();
-        const backing = try r.gpa.alloc(u8, image.data.len + id.len + r.attributes.items.len);
+        var total = image.data.len + id.len + r.attributes.items.len;
+        var additional_count: usize = 0;
+        for (others) |entry| if (entry.role == .additional_image) {
+            total += entry.path.len + entry.data.len;
+            additional_count += 1;
+        };
+        const backing = try r.gpa.alloc(u8, total);
+        errdefer r.gpa.free(backing);
+        const additional = try r.gpa.alloc(source.Item.Named, additional_count);
         var at: usize = 0;
-        @memcpy(backing[at..][0..image.data.len], image.data);
-        at += image.data.len;
-        @memcpy(backing[at..][0..id.len], id);
-        at += id.len;
-        @memcpy(backing[at..][0..r.attributes.items.len], r.attributes.items);
+        const bytes = copyInto(backing, &at, image.data);
+        const id_copy = copyInto(backing, &at, id);
+        const attributes = copyInto(backing, &at, r.attributes.items);
+        var i: usize = 0;
+        for (others) |entry| if (entry.role == .additional_image) {
+            additional[i] = .{ .name = copyInto(backing, &at, entry.path), .bytes = copyInto(backing, &at, entry.data) };
+            i += 1;
+        };
+        std.debug.assert(at == total and i == additional_count);
         return .{
-            .bytes = backing[0..image.data.len],
+            .bytes = bytes,
             .kind = .webdataset,
-            .id = .{ .plain = backing[image.data.len..][0..id.len] },
+            .id = .{ .plain = id_copy },
             .source_name = url,
-            .attributes_json = backing[image.data.len + id.len ..],
+            .attributes_json = attributes,
+            .additional = additional,
             .backing = backing,
+            .additional_backing = additional,
         };
     }
 
@@ -432,6 +454,13 @@ const Reading = struct {
         _ = why.set("{s} at byte {d}: {s}", .{ @errorName(err), d.offset, d.reason.text() }) catch {};
     }
 };
+
+fn copyInto(backing: []u8, at: *usize, data: []const u8) []const u8 {
+    const out = backing[at.*..][0..data.len];
+    @memcpy(out, data);
+    at.* += data.len;
+    return out;
+}
 
 fn httpFailure(why: *source.Failure, err: http.Error, d: *const http.Diagnostics) void {
     _ = switch (err) {
@@ -529,7 +558,9 @@ fn streamShards(root: []const u8, range: []const u8, out: *std.ArrayList(u8), co
             .item => |taken| {
                 var item = taken;
                 defer item.release(gpa);
-                try out.print(gpa, "{s}|{s};", .{ item.id.plain, item.attributes_json });
+                try out.print(gpa, "{s}|{s}", .{ item.id.plain, item.attributes_json });
+                for (item.additional) |a| try out.print(gpa, "+{s}={s}", .{ a.name, a.bytes });
+                try out.append(gpa, ';');
                 var described: [256]u8 = undefined;
                 var w: Io.Writer = .fixed(&described);
                 try src.describeItem(seq, &w);
@@ -548,7 +579,7 @@ test "a stream delivers every sample with its attributes and skips broken shards
     var tmp = testing.tmpDir(.{});
     defer tmp.cleanup();
     const good = try testTar(gpa, &.{
-        .{ "a/x.jpg", "X" }, .{ "a/x.txt", "hi" }, .{ "a/x.cls", "3" },
+        .{ "a/x.jpg", "X" }, .{ "a/x.txt", "hi" }, .{ "a/x.seg.png", "P" }, .{ "a/x.cls", "3" },
         .{ "a/n.txt", "no image" },
         .{ "a/y.jpg", "Y" },
     });
@@ -566,7 +597,8 @@ test "a stream delivers every sample with its attributes and skips broken shards
     try testing.expectEqual(@as(?[]u8, null), failure);
     // s-0 whole; s-1 not a tar; s-2 cut inside its last block: its whole
     // groups come through, then it fails; s-3 missing.
-    try testing.expectEqualStrings("x|{\"txt\":\"hi\",\"cls\":\"3\"};y|{};x|{\"txt\":\"hi\",\"cls\":\"3\"};", out.items);
+    const x = "x|{\"txt\":\"hi\",\"cls\":\"3\"}+a/x.seg.png=P;";
+    try testing.expectEqualStrings(x ++ "y|{};" ++ x, out.items);
     try testing.expectEqual(@as(u64, 4), counts.planned);
     try testing.expectEqual(@as(u64, 1), counts.read);
     try testing.expectEqual(@as(u64, 3), counts.failed);
@@ -578,4 +610,25 @@ test "a stream delivers every sample with its attributes and skips broken shards
     try testing.expectEqual(@as(usize, 0), out.items.len);
     try testing.expect(std.mem.startsWith(u8, all_failed, "every WebDataset shard failed (2); the first, '"));
     try testing.expect(std.mem.indexOf(u8, all_failed, "s-1.tar': ") != null);
+}
+
+test "a stopped pass reads no further shard" {
+    const gpa = testing.allocator;
+    var diag: config_mod.Diagnostics = .{};
+    var parsed = try config_mod.parse(gpa,
+        \\{"source_type": "webdataset", "source_config": {"url": "/nonexistent/datago/s-{0..9}.tar"}}
+    , &diag);
+    defer parsed.deinit();
+    var src: source.Source = try .init(gpa, &parsed.config, 0);
+    defer src.deinit(gpa);
+    var failure: source.Failure = .{};
+    var canceled: std.atomic.Value(bool) = .init(false);
+    _ = try src.prepare(gpa, testing.io, &canceled, &failure);
+    var stage = try prefetch.Prefetch.init(gpa, testing.io, 4);
+    defer stage.deinit();
+    stage.close();
+    src.stream(gpa, &stage);
+    const counts = src.shardCounts().?;
+    try testing.expectEqual(@as(u64, 10), counts.planned);
+    try testing.expectEqual(@as(u64, 0), counts.failed + counts.read);
 }
