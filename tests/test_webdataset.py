@@ -118,6 +118,14 @@ def test_a_404_shard_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
         assert any(missing in m and "HTTP status 404" in m for m in warnings_of(caplog))
 
 
+def test_a_non_tar_http_body_is_skipped(tmp_path: Path, caplog) -> None:
+    shards = make_shards(tmp_path, 2, 2)
+    with ShardServer() as server, caplog.at_level(logging.WARNING, logger="datago"):
+        pattern = serve(server, shards, {0: Fault(body=b"<html><body>Sign in</body></html>\n" * 40)})
+        assert ids_of(wds_config(pattern)) == shards[1].keys
+        assert any(shards[0].path.name in m and "not a tar" in m for m in warnings_of(caplog))
+
+
 def test_every_shard_failing_fails_the_pass(tmp_path: Path) -> None:
     with pytest.raises(datago.SourceError, match="every WebDataset shard failed .*missing-0.tar"):
         ids_of(wds_config(str(tmp_path / "missing-{0..1}.tar")))
