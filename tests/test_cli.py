@@ -35,6 +35,17 @@ def test_bench_json_on_a_folder_with_buckets(tmp_path: Path) -> None:
     assert data["img_per_s"] > 0 and data["cpu_ms_per_img"] > 0
 
 
+def test_bench_reads_webdataset_shards(tmp_path: Path) -> None:
+    from shard_server import make_shards
+
+    make_shards(tmp_path, 2, 3)
+    result = bench("--source", "webdataset", str(tmp_path / "shard-{000..001}.tar"), "--json", "--passes", "1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["samples_per_pass"] == 6 and data["failed"] == 0
+    assert bench("--source", "webdataset").returncode == 2
+
+
 def test_bench_exit_codes() -> None:
     missing = bench("/nonexistent/datago/folder")
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr

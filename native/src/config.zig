@@ -5,6 +5,7 @@
 const std = @import("std");
 const json = std.json;
 const Allocator = std.mem.Allocator;
+const braces = @import("sources/braces.zig");
 
 pub const SourceType = enum { file, webdataset, db };
 pub const EncodeFormat = enum { png, jpeg };
@@ -57,9 +58,39 @@ pub const FileSource = struct {
     world_size: u32 = 1,
 };
 
+/// How ranks split WebDataset shards (compatibility.md §6.2).
+pub const RankSplit = enum { shard, sample_hash };
+
+/// Most `source_config.headers` entries (each one is sent with every request).
+pub const headers_max = 16;
+pub const reference_image_type_bytes_max = 64;
+
+pub const Header = struct { name: []const u8, value: []const u8 };
+
+/// `source_type: "webdataset"`. Strings are owned by the config's arena.
+/// `random_sampling`, `seed`, `rank` and `world_size` live in `Config.file`,
+/// shared with the file source, so the loader draws one seed for either.
+pub const WebDataset = struct {
+    /// The brace pattern of shard URLs or paths (sources/braces.zig).
+    url: []const u8 = "",
+    reference_image_type: []const u8 = "jpg",
+    /// Shard bodies open at once per host (0 in the config means 8).
+    concurrent_downloads: u16 = 8,
+    /// Sent as `Authorization: Bearer <token>`.
+    auth_token: ?[]const u8 = null,
+    headers: []const Header = &.{},
+    ca_bundle: ?[]const u8 = null,
+    rank_split: RankSplit = .shard,
+    read_timeout_ms: u32 = 30_000,
+    connect_timeout_ms: u32 = 10_000,
+};
+
 pub const Config = struct {
     source_type: SourceType = .file,
+    /// The file source's keys; for webdataset only the shared ones
+    /// (random_sampling, seed, rank, world_size).
     file: FileSource = .{},
+    webdataset: WebDataset = .{},
     image: ?ImageConfig = null,
     /// Samples handed out per rank (all its workers together); null = whole epoch.
     limit: ?u64 = null,
@@ -292,8 +323,12 @@ const Parser = struct {
         };
         switch (config.source_type) {
             .file => config.file = try p.fileSource(source_object),
-            .webdataset, .db => return p.fail(
-                "source_type: '{s}' is not supported by this build of datago yet (only \"file\")",
+            .webdataset => {
+                config.file = try p.splitKeys(source_object);
+                config.webdataset = try p.webDataset(source_object);
+            },
+            .db => return p.fail(
+                "source_type: '{s}' is not supported by this build of datago yet (only \"file\" and \"webdataset\")",
                 .{source_name},
             ),
         }
@@ -309,11 +344,20 @@ const Parser = struct {
 
     fn fileSource(p: *Parser, object: json.ObjectMap) Error!FileSource {
         const prefix = "source_config.";
-        var source: FileSource = .{};
-        source.root_path = try p.optString(object, prefix, "root_path") orelse
+        const root_path = try p.optString(object, prefix, "root_path") orelse
             return p.fail("source_config.root_path: missing (the folder or file to read)", .{});
-        if (source.root_path.len == 0) return p.fail("source_config.root_path: must not be empty", .{});
-        if (std.mem.indexOfScalar(u8, source.root_path, 0) != null) return p.fail("source_config.root_path: contains a NUL byte", .{});
+        if (root_path.len == 0) return p.fail("source_config.root_path: must not be empty", .{});
+        if (std.mem.indexOfScalar(u8, root_path, 0) != null) return p.fail("source_config.root_path: contains a NUL byte", .{});
+        var source = try p.splitKeys(object);
+        source.root_path = root_path;
+        try p.collectUnknown(object, prefix, &.{ "root_path", "random_sampling", "seed", "rank", "world_size" });
+        return source;
+    }
+
+    /// The keys every source shares: order and the rank split.
+    fn splitKeys(p: *Parser, object: json.ObjectMap) Error!FileSource {
+        const prefix = "source_config.";
+        var source: FileSource = .{};
         source.random_sampling = try p.optBool(object, prefix, "random_sampling") orelse false;
         source.seed = try p.optInt(u64, object, prefix, "seed");
         source.world_size = try p.optPositive(u32, object, prefix, "world_size") orelse 1;
@@ -327,8 +371,93 @@ const Parser = struct {
             "source_config.rank: {d} must be less than world_size ({d})",
             .{ source.rank, source.world_size },
         );
-        try p.collectUnknown(object, prefix, &.{ "root_path", "random_sampling", "seed", "rank", "world_size" });
         return source;
+    }
+
+    fn webDataset(p: *Parser, object: json.ObjectMap) Error!WebDataset {
+        const prefix = "source_config.";
+        var wds: WebDataset = .{};
+        for ([_][]const u8{ "cache_dir", "cache_max_bytes", "shuffle_buffer" }) |key| if (object.get(key) != null)
+            return p.fail("source_config.{s}: not supported by this build of datago yet", .{key});
+        wds.url = try p.optString(object, prefix, "url") orelse
+            return p.fail("source_config.url: missing (a shard path or URL, brace patterns allowed: shards-{{000..009}}.tar)", .{});
+        if (wds.url.len == 0) return p.fail("source_config.url: must not be empty", .{});
+        var braces_diag: braces.Diagnostics = .{};
+        var expansion = braces.expand(p.allocator, wds.url, &braces_diag) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            else => return p.fail("source_config.url: cannot be expanded ({s} at byte {d})", .{ @errorName(err), braces_diag.offset }),
+        };
+        defer expansion.deinit(p.allocator);
+        if (expansion.count() == 0) return p.fail("source_config.url: expands to no shard", .{});
+        for (0..expansion.count()) |i| {
+            const url = expansion.get(i);
+            if (std.mem.indexOfScalar(u8, url, 0) != null) return p.fail("source_config.url: contains a NUL byte", .{});
+            if (std.mem.startsWith(u8, url, "gs://")) return p.fail("source_config.url: Google Cloud Storage listings are not supported by this build of datago yet ('{s}')", .{url});
+        }
+        if (try p.optString(object, prefix, "reference_image_type")) |t| {
+            if (t.len == 0 or t.len > reference_image_type_bytes_max or t[0] == '.')
+                return p.fail("source_config.reference_image_type: expected an extension such as \"jpg\" or \"seg.png\" (no leading dot), got '{s}'", .{t});
+            wds.reference_image_type = t;
+        }
+        const downloads_key = if (object.get("concurrent_downloads") != null) "concurrent_downloads" else "max_concurrency";
+        if (try p.optInt(u16, object, prefix, downloads_key)) |n| wds.concurrent_downloads = if (n == 0) 8 else n;
+        if (try p.optString(object, prefix, "auth_token")) |token| {
+            try p.checkHeaderText("auth_token", token);
+            wds.auth_token = try std.fmt.allocPrint(p.allocator, "Bearer {s}", .{token});
+        }
+        if (object.get("headers")) |value| switch (value) {
+            .null => {},
+            .object => |map| wds.headers = try p.headers(map),
+            else => return p.fail("source_config.headers: expected an object of strings, got {s}", .{kindName(value)}),
+        };
+        wds.ca_bundle = try p.optString(object, prefix, "ca_bundle");
+        if (try p.optString(object, prefix, "rank_split")) |name| {
+            wds.rank_split = std.meta.stringToEnum(RankSplit, name) orelse
+                return p.fail("source_config.rank_split: unknown split '{s}' (expected \"shard\" or \"sample_hash\")", .{name});
+        }
+        if (try p.optNumber(object, prefix, "read_timeout_s")) |t| wds.read_timeout_ms = try p.timeoutMs("read_timeout_s", t);
+        if (try p.optNumber(object, prefix, "connect_timeout_s")) |t| wds.connect_timeout_ms = try p.timeoutMs("connect_timeout_s", t);
+        try p.collectUnknown(object, prefix, &.{
+            "url",                  "reference_image_type", "random_sampling", "seed",
+            "rank",                 "world_size",           "concurrent_downloads", "max_concurrency",
+            "auth_token",           "headers",              "ca_bundle",       "rank_split",
+            "read_timeout_s",       "connect_timeout_s",
+        });
+        return wds;
+    }
+
+    /// Seconds → milliseconds within 1 ms .. 1 day.
+    fn timeoutMs(p: *Parser, key: []const u8, seconds: f64) Error!u32 {
+        const day_s = 86_400.0;
+        if (!(seconds >= 0.001 and seconds <= day_s))
+            return p.fail("source_config.{s}: must be between 0.001 and {d} seconds, got {d}", .{ key, day_s, seconds });
+        return @intFromFloat(@round(seconds * 1000));
+    }
+
+    fn headers(p: *Parser, map: json.ObjectMap) Error![]const Header {
+        if (map.count() > headers_max) return p.fail("source_config.headers: {d} headers, at most {d}", .{ map.count(), headers_max });
+        const list = try p.allocator.alloc(Header, map.count());
+        var it = map.iterator();
+        var i: usize = 0;
+        while (it.next()) |entry| : (i += 1) {
+            const name = entry.key_ptr.*;
+            const value = switch (entry.value_ptr.*) {
+                .string => |s| s,
+                else => |v| return p.fail("source_config.headers.{s}: expected a string, got {s}", .{ name, kindName(v) }),
+            };
+            if (name.len == 0) return p.fail("source_config.headers: a header name is empty", .{});
+            for (name) |c| if (!(std.ascii.isAlphanumeric(c) or std.mem.indexOfScalar(u8, "!#$%&'*+-.^_`|~", c) != null))
+                return p.fail("source_config.headers.{s}: not a valid header name", .{name});
+            try p.checkHeaderText("headers", value);
+            list[i] = .{ .name = name, .value = value };
+        }
+        return list;
+    }
+
+    /// Refuses text that would break the request line (CR, LF, NUL).
+    fn checkHeaderText(p: *Parser, key: []const u8, text: []const u8) Error!void {
+        if (std.mem.indexOfAny(u8, text, "\r\n\x00") != null)
+            return p.fail("source_config.{s}: contains a line break or NUL byte", .{key});
     }
 
     fn imageConfig(p: *Parser, object: json.ObjectMap) Error!ImageConfig {
@@ -590,4 +719,47 @@ test "world_size above 1 needs a rank" {
     , &diag);
     defer parsed.deinit();
     try testing.expectEqual(@as(u32, 1), parsed.config.file.rank);
+}
+
+test "a webdataset config parses, with the shared split keys in `file`" {
+    var diag: Diagnostics = .{};
+    var parsed = try parse(testing.allocator,
+        \\{"source_type": "webdataset", "source_config": {"url": "s-{000..002}.tar", "rank": 1, "world_size": 2,
+        \\ "random_sampling": true, "seed": 5, "max_concurrency": 0, "auth_token": "t", "headers": {"X-A": "b"},
+        \\ "rank_split": "sample_hash", "read_timeout_s": 0.5, "reference_image_type": "png"}}
+    , &diag);
+    defer parsed.deinit();
+    const c = parsed.config;
+    try testing.expectEqual(SourceType.webdataset, c.source_type);
+    try testing.expectEqualStrings("s-{000..002}.tar", c.webdataset.url);
+    try testing.expectEqual(@as(u32, 1), c.file.rank);
+    try testing.expectEqual(@as(?u64, 5), c.file.seed);
+    try testing.expectEqual(@as(u16, 8), c.webdataset.concurrent_downloads);
+    try testing.expectEqualStrings("Bearer t", c.webdataset.auth_token.?);
+    try testing.expectEqualStrings("X-A", c.webdataset.headers[0].name);
+    try testing.expectEqual(RankSplit.sample_hash, c.webdataset.rank_split);
+    try testing.expectEqual(@as(u32, 500), c.webdataset.read_timeout_ms);
+    try testing.expectEqualStrings("png", c.webdataset.reference_image_type);
+    try testing.expectEqual(@as(usize, 0), parsed.unknown_keys.len);
+}
+
+test "bad webdataset configs name the key" {
+    const head = "{\"source_type\": \"webdataset\", \"source_config\": ";
+    try expectInvalid(head ++ "{}}", "source_config.url: missing");
+    try expectInvalid(head ++ "{\"url\": 3}}", "source_config.url: expected a string");
+    try expectInvalid(head ++ "{\"url\": \"s-{3..1}.tar\"}}", "source_config.url: cannot be expanded (InvalidRange");
+    try expectInvalid(head ++ "{\"url\": \"s-{0..1.tar\"}}", "source_config.url: cannot be expanded (Unbalanced");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"world_size\": 2}}", "source_config.rank: missing while world_size is 2");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"/tmp\"}}", "source_config.cache_dir: not supported by this build of datago yet");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 10}}", "source_config.shuffle_buffer: not supported");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_max_bytes\": 10}}", "source_config.cache_max_bytes: not supported");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"rank_split\": \"rows\"}}", "source_config.rank_split: unknown split 'rows'");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"read_timeout_s\": 0}}", "source_config.read_timeout_s: must be between");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"connect_timeout_s\": \"1\"}}", "source_config.connect_timeout_s: expected a number");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"headers\": {\"X\": 1}}}", "source_config.headers.X: expected a string");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"headers\": {\"X\": \"a\\r\\nB: c\"}}}", "source_config.headers: contains a line break");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"headers\": {\"X Y\": \"a\"}}}", "source_config.headers.X Y: not a valid header name");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"auth_token\": \"a\\nb\"}}", "source_config.auth_token: contains a line break");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"reference_image_type\": \".jpg\"}}", "source_config.reference_image_type: expected an extension");
+    try expectInvalid(head ++ "{\"url\": \"gs://bucket/x\"}}", "source_config.url: Google Cloud Storage listings are not supported");
 }

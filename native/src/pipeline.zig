@@ -154,6 +154,7 @@ pub const Pass = struct {
         errdefer transform.deinit(gpa);
         var copy = config.*;
         copy.file.root_path = "";
+        copy.webdataset = .{}; // its strings belong to the loader; the source copied them
         const limit: ?u64 = if (config.limit) |l| order.workerLimit(l, config.worker_id, config.num_workers) else null;
         pass.* = .{
             .gpa = gpa,
@@ -677,16 +678,53 @@ pub const Pass = struct {
             result.outcome = .{ .failed = decoder.causeOf(err) };
             return result;
         };
+        var main_pixels = processed.pixels;
+        const additional = pass.processAdditional(item.additional, processed.bucket_key, &diag) catch |err| {
+            main_pixels.deinit(pass.gpa);
+            pass.logFailure(seq, diag.text());
+            result.outcome = .{ .failed = decoder.causeOf(err) };
+            return result;
+        };
+        defer pass.gpa.free(additional);
         const owned = sample_mod.build(pass.gpa, .{
             .kind = item.kind,
             .id = item.id,
             .source = item.source_name,
-            .image = processed.pixels,
+            .attributes_json = item.attributes_json,
+            .image = main_pixels,
+            .additional = additional,
             .index = seq,
             .epoch = pass.epoch,
         }) catch return result;
         result.outcome = .{ .ready = owned };
         return result;
+    }
+
+    /// Processes an item's additional images into the main image's bucket
+    /// (as stages/oneshot.zig does). Caller owns the list and its pixels
+    /// (sample.build takes them). One that fails fails the sample.
+    fn processAdditional(pass: *Pass, inputs: []const source_mod.Item.Named, bucket_key: ?i64, diag: *decoder.Diagnostics) decoder.Error![]sample_mod.Named {
+        const named = pass.gpa.alloc(sample_mod.Named, inputs.len) catch return error.NoMemory;
+        var done: usize = 0;
+        errdefer {
+            for (named[0..done]) |*n| n.pixels.deinit(pass.gpa);
+            pass.gpa.free(named);
+        }
+        var timings: stats.Timings = .{ .enabled = false };
+        for (inputs) |input| {
+            const request: image_process.Request = .{ .role = .additional, .bucket_key = bucket_key, .max_pixels = pass.config.max_pixels };
+            const processed = image_process.run(pass.gpa, input.bytes, &pass.transform, request, &timings, diag) catch |err| {
+                var copy: [256]u8 = undefined;
+                const text = diag.text();
+                const n = @min(text.len, copy.len);
+                @memcpy(copy[0..n], text[0..n]);
+                diag.set("additional image '{s}': {s}", .{ input.name, copy[0..n] });
+                return err;
+            };
+            named[done] = .{ .name = input.name, .pixels = processed.pixels };
+            done += 1;
+        }
+        return named;
     }
 
     /// Item `seq`: read by this worker (random access) or taken from the
@@ -728,6 +766,7 @@ pub const Pass = struct {
             .in_flight = pass.dispatched -| pass.head -| ready,
             .plan_len = pass.items orelse pass.dispatched,
             .cursor = pass.source.cursor(pass.head),
+            .shards = pass.source.shardCounts(),
             .elapsed_ns = runtime.monotonicNs() - pass.started_ns,
             .batches = if (pass.batcher) |*b| b.counters.batches.load(.monotonic) else 0,
             .partial_batches = if (pass.batcher) |*b| b.counters.partial_batches.load(.monotonic) else 0,

@@ -47,6 +47,7 @@ test {
     _ = @import("sources/shard_split.zig");
     _ = @import("sources/tar.zig");
     _ = @import("sources/wds_group.zig");
+    _ = @import("sources/wds_source.zig");
     _ = @import("sources/http.zig");
     _ = @import("sources/http_test.zig");
     _ = @import("decode/decoder.zig");

@@ -133,6 +133,8 @@ pub const Snapshot = struct {
     seed: ?u64 = null,
     /// Where this (rank, worker) stands; null for sources without one yet.
     cursor: ?source.Cursor = null,
+    /// A sharded (WebDataset) source's counters; null for other sources.
+    shards: ?source.ShardCounts = null,
     /// What the next delivery waits for, while the pass runs (for timeout
     /// messages); empty when nothing is awaited.
     waiting_for_buffer: [waiting_for_bytes_max]u8 = undefined,
@@ -157,6 +159,12 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
     if (s.waiting_for_len > 0) try std.json.Stringify.encodeJsonString(s.waitingFor(), .{}, w) else try w.writeAll("null");
     try w.writeAll(",\"cursor\":");
     if (s.cursor) |*cursor| try cursor.writeJson(w) else try w.writeAll("null");
+    try w.writeAll(",\"shards\":");
+    if (s.shards) |sh| {
+        try w.print("{{\"planned\":{d},\"read\":{d},\"failed\":{d},\"groups_without_image\":{d},\"groups_too_large\":{d}}}", .{
+            sh.planned, sh.read, sh.failed, sh.groups_without_image, sh.groups_too_large,
+        });
+    } else try w.writeAll("null");
     try w.writeAll(",\"skipped\":{");
     for (std.enums.values(files.SkipCause), 0..) |cause, i| {
         try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", @tagName(cause), c.skipped.get(cause) });

@@ -67,7 +67,14 @@ pub const Options = struct {
     connections_per_host_max: u16 = 8,
     /// The `Authorization` header value for every request (e.g. "Bearer x").
     authorization: ?[]const u8 = null,
+    /// More headers for every request (`source_config.headers`), at most
+    /// `extra_headers_max`; like `authorization`, not sent to another host
+    /// after a redirect.
+    extra_headers: []const std.http.Header = &.{},
 };
+
+/// Most `Options.extra_headers`.
+pub const extra_headers_max = 16;
 
 pub const Error = error{
     /// A 4xx other than 408 and 429 (or 3xx without a usable Location): the
@@ -400,6 +407,7 @@ pub const Client = struct {
     /// timeouts to fire, and must outlive the client.
     pub fn init(client: *Client, gpa: Allocator, io: Io, watchdog: *Watchdog, options: Options) void {
         assert(options.retries_max <= retries_limit);
+        assert(options.extra_headers.len <= extra_headers_max);
         assert(options.connect_timeout_ms > 0 and options.read_timeout_ms > 0);
         client.* = .{
             .gpa = gpa,
@@ -697,8 +705,9 @@ pub const Body = struct {
         const client = body.client;
         const connection = try body.connectWithTimeout();
         var range_buffer: [64]u8 = undefined;
-        var headers_buffer: [2]std.http.Header = undefined;
+        var headers_buffer: [extra_headers_max + 1]std.http.Header = undefined;
         var headers: std.ArrayList(std.http.Header) = .initBuffer(&headers_buffer);
+        if (body.send_authorization) headers.appendSliceAssumeCapacity(client.options.extra_headers);
         if (body.position > 0) {
             const range = std.fmt.bufPrint(&range_buffer, "bytes={d}-", .{body.position}) catch unreachable;
             headers.appendAssumeCapacity(.{ .name = "Range", .value = range });

@@ -119,6 +119,14 @@ pub const Prefetch = struct {
     }
 
     /// The number of items of a finished stream; null before its end.
+    /// Reader side: whether the stage was closed (the pass stopped): a
+    /// reader between two reads stops there instead of fetching more.
+    pub fn isClosed(self: *Prefetch) bool {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        return self.state == .closed;
+    }
+
     pub fn total(self: *Prefetch) ?u64 {
         self.mutex.lockUncancelable(self.io);
         defer self.mutex.unlock(self.io);

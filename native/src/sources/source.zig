@@ -26,6 +26,7 @@ const runtime = @import("../runtime.zig");
 const sample_mod = @import("../sample.zig");
 const files = @import("files.zig");
 const FileSource = @import("file_source.zig").FileSource;
+const WdsSource = @import("wds_source.zig").WdsSource;
 const prefetch = @import("prefetch.zig");
 pub const order = @import("order.zig");
 
@@ -39,12 +40,24 @@ pub const Item = struct {
     /// Borrowed like `bytes`, or from the source for the pass's duration.
     id: sample_mod.Id,
     source_name: []const u8,
-    /// A streamed item's one allocation (bytes and id); freed by `release`.
+    /// The sample's `attributes` (a JSON object), borrowed like `bytes`.
+    attributes_json: []const u8 = "{}",
+    /// Other images of the sample, processed into the main image's bucket
+    /// (`additional_images`); names and bytes borrowed like `bytes`.
+    additional: []const Named = &.{},
+    /// A streamed item's one allocation (bytes, id, attributes, additional
+    /// images); freed by `release`.
     backing: ?[]u8 = null,
+    /// The array behind `additional` when it was allocated; freed by `release`.
+    additional_backing: ?[]Named = null,
+
+    pub const Named = struct { name: []const u8, bytes: []const u8 };
 
     pub fn release(self: *Item, gpa: Allocator) void {
         if (self.backing) |b| gpa.free(b);
+        if (self.additional_backing) |a| gpa.free(a);
         self.backing = null;
+        self.additional_backing = null;
     }
 };
 
@@ -112,6 +125,7 @@ pub const Cursor = struct {
 
 pub const Source = union(enum) {
     file: FileSource,
+    webdataset: WdsSource,
     /// A streamed list of in-memory items, compiled into tests only: it
     /// drives the reader stage through the real pipeline.
     test_stream: if (builtin.is_test) TestStream else void,
@@ -119,14 +133,16 @@ pub const Source = union(enum) {
     pub fn init(gpa: Allocator, config: *const config_mod.Config, epoch: u64) Allocator.Error!Source {
         return switch (config.source_type) {
             .file => .{ .file = try FileSource.init(gpa, config, epoch) },
-            // config.zig refuses these before a loader exists.
-            .webdataset, .db => unreachable,
+            .webdataset => .{ .webdataset = try WdsSource.init(gpa, config, epoch) },
+            // config.zig refuses it before a loader exists.
+            .db => unreachable,
         };
     }
 
     pub fn deinit(self: *Source, gpa: Allocator) void {
         switch (self.*) {
             .file => |*s| s.deinit(gpa),
+            .webdataset => |*s| s.deinit(gpa),
             .test_stream => {},
         }
         self.* = undefined;
@@ -135,7 +151,7 @@ pub const Source = union(enum) {
     pub fn streams(self: *const Source) bool {
         return switch (self.*) {
             .file => false,
-            .test_stream => true,
+            .webdataset, .test_stream => true,
         };
     }
 
@@ -144,6 +160,7 @@ pub const Source = union(enum) {
     pub fn prepare(self: *Source, gpa: Allocator, io: Io, canceled: *const std.atomic.Value(bool), failure: *Failure) PrepareError!Prepared {
         return switch (self.*) {
             .file => |*s| s.prepare(gpa, io, canceled, failure),
+            .webdataset => |*s| s.prepare(gpa, failure),
             .test_stream => .{ .items = null },
         };
     }
@@ -152,7 +169,7 @@ pub const Source = union(enum) {
     pub fn fetch(self: *Source, gpa: Allocator, io: Io, seq: u64, scratch: *Scratch, diag: *decoder.Diagnostics) decoder.Error!Item {
         return switch (self.*) {
             .file => |*s| s.fetch(gpa, io, seq, scratch, diag),
-            .test_stream => unreachable, // streams
+            .webdataset, .test_stream => unreachable, // streams
         };
     }
 
@@ -161,6 +178,7 @@ pub const Source = union(enum) {
     pub fn stream(self: *Source, gpa: Allocator, stage: *prefetch.Prefetch) void {
         switch (self.*) {
             .file => unreachable, // random access
+            .webdataset => |*s| s.stream(gpa, stage),
             .test_stream => |*s| if (builtin.is_test) s.run(gpa, stage),
         }
     }
@@ -170,6 +188,8 @@ pub const Source = union(enum) {
     pub fn describeItem(self: *const Source, seq: u64, w: *Io.Writer) Io.Writer.Error!void {
         switch (self.*) {
             .file => |*s| try s.describeItem(seq, w),
+            // Its memory of recent items is behind a lock it must take.
+            .webdataset => |*s| try @constCast(s).describeItem(seq, w),
             .test_stream => try w.print("streamed item {d}", .{seq}),
         }
     }
@@ -178,6 +198,7 @@ pub const Source = union(enum) {
     pub fn describe(self: *const Source, w: *Io.Writer) Io.Writer.Error!void {
         switch (self.*) {
             .file => |*s| try s.describe(w),
+            .webdataset => |*s| try s.describe(w),
             .test_stream => try w.writeAll("a test stream"),
         }
     }
@@ -193,9 +214,42 @@ pub const Source = union(enum) {
                 .num_workers = s.params.num_workers,
                 .position = position,
             },
+            .webdataset => |*s| .{
+                .seed = if (s.params.random_sampling) s.params.seed else null,
+                .epoch = s.params.epoch,
+                .rank = s.params.rank,
+                .world_size = s.params.world_size,
+                .worker = s.params.worker,
+                .num_workers = s.params.num_workers,
+                .position = position,
+            },
             .test_stream => null,
         };
     }
+
+    /// The stream's own counters (shards read and failed, groups skipped);
+    /// null for sources without shards.
+    pub fn shardCounts(self: *const Source) ?ShardCounts {
+        return switch (self.*) {
+            .webdataset => |*s| .{
+                .planned = s.counts.shards_planned.load(.monotonic),
+                .read = s.counts.shards_read.load(.monotonic),
+                .failed = s.counts.shards_failed.load(.monotonic),
+                .groups_without_image = s.counts.groups_without_image.load(.monotonic),
+                .groups_too_large = s.counts.groups_too_large.load(.monotonic),
+            },
+            .file, .test_stream => null,
+        };
+    }
+};
+
+/// See `Source.shardCounts`.
+pub const ShardCounts = struct {
+    planned: u64 = 0,
+    read: u64 = 0,
+    failed: u64 = 0,
+    groups_without_image: u64 = 0,
+    groups_too_large: u64 = 0,
 };
 
 /// See `Source.test_stream`: items "item-<i>" whose bytes are `images[i]`,
