@@ -383,7 +383,7 @@ def test_a_mask_alone_picks_its_own_bucket() -> None:
 
 
 def test_transform_names_the_image_that_failed() -> None:
-    with pytest.raises(datago.DatagoError, match="mask: .*not_image"):
+    with pytest.raises(datago.DatagoError, match="mask 'm': .*not_image"):
         datago.transform(CFG_512, encode(noise_image(10, 10, "RGB", 0)), masks={"m": b"junk"})
 
 

@@ -703,7 +703,9 @@ pub const Pass = struct {
     /// Processes an item's additional images into the main image's bucket
     /// (as stages/oneshot.zig does). Caller owns the list and its pixels
     /// (sample.build takes them). One that fails fails the sample.
-    fn processAdditional(pass: *Pass, inputs: []const source_mod.Item.Named, bucket_key: ?i64, diag: *decoder.Diagnostics) decoder.Error![]sample_mod.Named {
+    /// The sample's additional images, processed into the main image's
+    /// bucket. Caller owns the result (and its pixels).
+    fn processAdditional(pass: *Pass, inputs: []const sample_mod.EncodedNamed, bucket_key: ?i64, diag: *decoder.Diagnostics) decoder.Error![]sample_mod.Named {
         const named = pass.gpa.alloc(sample_mod.Named, inputs.len) catch return error.NoMemory;
         var done: usize = 0;
         errdefer {
@@ -711,19 +713,7 @@ pub const Pass = struct {
             pass.gpa.free(named);
         }
         var timings: stats.Timings = .{ .enabled = false };
-        for (inputs) |input| {
-            const request: image_process.Request = .{ .role = .additional, .bucket_key = bucket_key, .max_pixels = pass.config.max_pixels };
-            const processed = image_process.run(pass.gpa, input.bytes, &pass.transform, request, &timings, diag) catch |err| {
-                var copy: [256]u8 = undefined;
-                const text = diag.text();
-                const n = @min(text.len, copy.len);
-                @memcpy(copy[0..n], text[0..n]);
-                diag.set("additional image '{s}': {s}", .{ input.name, copy[0..n] });
-                return err;
-            };
-            named[done] = .{ .name = input.name, .pixels = processed.pixels };
-            done += 1;
-        }
+        try image_process.runNamed(pass.gpa, &pass.transform, inputs, .additional, bucket_key, pass.config.max_pixels, &timings, named, &done, diag);
         return named;
     }
 

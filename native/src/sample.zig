@@ -113,6 +113,10 @@ pub const Owned = struct {
 
 pub const Named = struct { name: []const u8, pixels: Pixels };
 
+/// An encoded image that goes with a sample's main image (a mask or an
+/// additional image), by name. Both borrowed.
+pub const EncodedNamed = struct { name: []const u8, bytes: []const u8 };
+
 /// The id of a sample: given as is, or a file path built from root_path and
 /// a relative path (compatibility.md §7.1.1), written straight into the strings block.
 pub const Id = union(enum) {

@@ -51,7 +51,7 @@ pub const Item = struct {
     /// The array behind `additional` when it was allocated; freed by `release`.
     additional_backing: ?[]Named = null,
 
-    pub const Named = struct { name: []const u8, bytes: []const u8 };
+    pub const Named = sample_mod.EncodedNamed;
 
     pub fn release(self: *Item, gpa: Allocator) void {
         if (self.backing) |b| gpa.free(b);

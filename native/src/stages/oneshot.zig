@@ -10,7 +10,7 @@ const sample = @import("../sample.zig");
 const stats = @import("../stats.zig");
 const process = @import("process.zig");
 
-pub const Input = struct { name: []const u8, bytes: []const u8 };
+pub const Input = sample.EncodedNamed;
 
 pub const Error = decoder.Error || Allocator.Error;
 
@@ -35,7 +35,7 @@ pub fn transform(
     var key: ?i64 = null;
     if (main) |bytes| {
         const result = process.run(gpa, bytes, &t, .{ .max_pixels = max_pixels }, &timings, diag) catch |err| {
-            prefix(diag, "image");
+            process.prefixReason(diag, "image", .{});
             return err;
         };
         main_pixels = result.pixels;
@@ -45,16 +45,8 @@ pub fn transform(
     defer gpa.free(named);
     var done: usize = 0;
     errdefer for (named[0..done]) |*n| n.pixels.deinit(gpa);
-    for ([_][]const Input{ masks, additional }, [_]process.Role{ .mask, .additional }) |inputs, role| {
-        for (inputs) |input| {
-            const result = process.run(gpa, input.bytes, &t, .{ .role = role, .bucket_key = key, .max_pixels = max_pixels }, &timings, diag) catch |err| {
-                prefix(diag, if (role == .mask) "mask" else "additional image");
-                return err;
-            };
-            named[done] = .{ .name = input.name, .pixels = result.pixels };
-            done += 1;
-        }
-    }
+    try process.runNamed(gpa, &t, masks, .mask, key, max_pixels, &timings, named, &done, diag);
+    try process.runNamed(gpa, &t, additional, .additional, key, max_pixels, &timings, named, &done, diag);
     const built = sample.build(gpa, .{
         .kind = .memory,
         .id = .{ .plain = "" },
@@ -69,9 +61,3 @@ pub fn transform(
     return built;
 }
 
-fn prefix(diag: *decoder.Diagnostics, what: []const u8) void {
-    var copy: [256]u8 = undefined;
-    const text = diag.text();
-    @memcpy(copy[0..text.len], text);
-    diag.set("{s}: {s}", .{ what, copy[0..text.len] });
-}

@@ -112,6 +112,48 @@ pub fn run(
     return .{ .pixels = image, .bucket_key = key };
 }
 
+/// Processes the images that go with a sample's main image (masks or
+/// additional images, per `role`) into the main image's bucket
+/// (`bucket_key`; null: each picks its own), writing them to
+/// `out[done.*..]` and advancing `done`. On failure `diag` names the image
+/// ("mask 'm': ..."); what was written stays owned by the caller, up to
+/// `done.*`. Per-image timings are not recorded in `timings`' laps.
+pub fn runNamed(
+    gpa: Allocator,
+    transform: *const Transform,
+    inputs: []const sample.EncodedNamed,
+    role: Role,
+    bucket_key: ?i64,
+    max_pixels: u64,
+    timings: *stats.Timings,
+    out: []sample.Named,
+    done: *usize,
+    diag: *decoder.Diagnostics,
+) Error!void {
+    std.debug.assert(role != .main);
+    std.debug.assert(out.len - done.* >= inputs.len);
+    for (inputs) |input| {
+        const request: Request = .{ .role = role, .bucket_key = bucket_key, .max_pixels = max_pixels };
+        const result = run(gpa, input.bytes, transform, request, timings, diag) catch |err| {
+            prefixReason(diag, "{s} '{s}'", .{ if (role == .mask) "mask" else "additional image", input.name });
+            return err;
+        };
+        out[done.*] = .{ .name = input.name, .pixels = result.pixels };
+        done.* += 1;
+    }
+}
+
+/// Puts "<what>: " in front of the reason in `diag`.
+pub fn prefixReason(diag: *decoder.Diagnostics, comptime what: []const u8, args: anytype) void {
+    var copy: [256]u8 = undefined;
+    const text = diag.text();
+    const n = @min(text.len, copy.len);
+    @memcpy(copy[0..n], text[0..n]);
+    var label: [160]u8 = undefined;
+    const prefix = std.fmt.bufPrint(&label, what, args) catch label[0..];
+    diag.set("{s}: {s}", .{ prefix, copy[0..n] });
+}
+
 /// A decision to decode a JPEG straight into its bucket.
 const JpegPlan = struct {
     header: jpeg.Header,
