@@ -491,3 +491,31 @@ def make_shards(
         suffix = ".tar.gz" if gzip else ".tar"
         shards.append(Shard(write_tar(folder / f"{name(index)}{suffix}", members, gzip=gzip), keys))
     return shards
+
+
+# `concurrent_downloads` when the config leaves it out.
+DEFAULT_CONCURRENT_DOWNLOADS = 8
+
+
+def delivery_order(keys_per_shard: list[list[str]], concurrent: int = DEFAULT_CONCURRENT_DOWNLOADS) -> list[str]:
+    """The order the WebDataset source delivers in (docs/design.md): with
+    `L = min(concurrent, shards)` lanes, lane `l` reads the planned shards
+    `l, l + L, ...` one after the other, and the delivery takes one sample
+    from each live lane in turn. `keys_per_shard` lists, in plan order, the
+    keys each shard yields (empty for a shard that fails at once)."""
+    lanes_count = max(1, min(concurrent, len(keys_per_shard)))
+    lanes = [[k for shard in keys_per_shard[lane::lanes_count] for k in shard] for lane in range(lanes_count)]
+    order: list[str] = []
+    live = [lane for lane in lanes if lane]
+    position = [0] * len(live)
+    turn = 0
+    while live:
+        order.append(live[turn][position[turn]])
+        position[turn] += 1
+        if position[turn] == len(live[turn]):
+            del live[turn], position[turn]
+            if turn == len(live):
+                turn = 0
+        else:
+            turn = (turn + 1) % len(live)
+    return order

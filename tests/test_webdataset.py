@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shard_server import Fault, ShardServer, make_shards, sample_members, write_tar
+from shard_server import Fault, ShardServer, delivery_order, make_shards, sample_members, write_tar
 
 import datago
-from support import drain
+from support import drain, wait_until
 
 
 def wds_config(url: str, **source: Any) -> str:
@@ -36,8 +36,9 @@ def serve(server: ShardServer, shards, faults: dict[int, Fault] | None = None) -
     return server.url(f"/s/shard-{{000..{len(shards) - 1:03d}}}{suffix}")
 
 
-def all_keys(shards) -> list[str]:
-    return [k for s in shards for k in s.keys]
+def all_keys(shards, concurrent: int = 8) -> list[str]:
+    """Every key, in the order the source delivers them."""
+    return delivery_order([s.keys for s in shards], concurrent)
 
 
 def warnings_of(caplog) -> list[str]:
@@ -52,7 +53,7 @@ def test_local_shards_in_order_with_attributes_and_source(tmp_path: Path) -> Non
         samples = drain(client)
         stats = client.stats()
     assert [s.id for s in samples] == all_keys(shards)
-    first = samples[5]  # s01_0001: seed 10001
+    first = next(s for s in samples if s.id == "s01_0001")  # seed 10001
     assert first.source == str(shards[1].path)
     assert first.attributes_dict == {"json": json.dumps({"i": 10001}), "txt": "caption 10001", "cls": "1"}
     assert first.image.size == (32, 24)
@@ -113,7 +114,7 @@ def test_a_404_shard_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
             ids = [s.id for s in drain(client)]
             stats = client.stats()
         missing = server.url(f"/s/{shards[1].path.name}")
-        assert ids == shards[0].keys + shards[2].keys
+        assert ids == delivery_order([shards[0].keys, [], shards[2].keys])
         assert stats["shards"]["failed"] == 1
         assert any(missing in m and "HTTP status 404" in m for m in warnings_of(caplog))
 
@@ -122,7 +123,7 @@ def test_a_non_tar_http_body_is_skipped(tmp_path: Path, caplog) -> None:
     shards = make_shards(tmp_path, 2, 2)
     with ShardServer() as server, caplog.at_level(logging.WARNING, logger="datago"):
         pattern = serve(server, shards, {0: Fault(body=b"<html><body>Sign in</body></html>\n" * 40)})
-        assert ids_of(wds_config(pattern)) == shards[1].keys
+        assert ids_of(wds_config(pattern)) == delivery_order([[], shards[1].keys])
         assert any(shards[0].path.name in m and "not a tar" in m for m in warnings_of(caplog))
 
 
@@ -170,10 +171,12 @@ def test_bad_shards_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
     (tmp_path / "b-2.tar").write_bytes(data[: len(data) // 2])  # truncated: the first samples come through
     write_tar(tmp_path / "b-3.tar", [m for m in sample_members("noimg", 7, with_image=False)])
     (tmp_path / "b-0.tar").write_bytes(data)
-    with caplog.at_level(logging.WARNING, logger="datago"), datago.DatagoClient(wds_config(str(tmp_path / "b-{0..3}.tar"))) as client:
+    # One shard at a time, so b-0's samples come first, then b-2's.
+    config = wds_config(str(tmp_path / "b-{0..3}.tar"), concurrent_downloads=1)
+    with caplog.at_level(logging.WARNING, logger="datago"), datago.DatagoClient(config) as client:
         ids = [s.id for s in drain(client)]
         stats = client.stats()
-    assert ids[:3] == good.keys and set(ids[3:]) <= set(good.keys)
+    assert ids[:3] == good.keys and ids[3:] and set(ids[3:]) < set(good.keys)
     assert stats["shards"]["failed"] == 2 and stats["shards"]["read"] == 2
     assert stats["shards"]["groups_without_image"] == 1
     messages = warnings_of(caplog)
@@ -247,3 +250,45 @@ def test_https_needs_the_ca_bundle(tmp_path: Path) -> None:
 def test_bad_configs_raise_at_open(source: dict[str, Any], message: str) -> None:
     with pytest.raises(datago.ConfigError, match=message):
         datago.DatagoClient(json.dumps({"source_type": "webdataset", "source_config": source}))
+
+
+@pytest.mark.parametrize("concurrent", [1, 2, 3, 8])
+def test_concurrent_downloads_interleave_lanes_in_a_fixed_order(tmp_path: Path, concurrent: int) -> None:
+    # Shards of different lengths: lanes end at different times.
+    shards = [make_shards(tmp_path, 5, 1)[0]] + make_shards(tmp_path / "more", 4, 3, name=lambda i: f"m-{i}")
+    for shard in shards[1:]:
+        shard.path.rename(tmp_path / shard.path.name)
+    names = ",".join(s.path.name.removesuffix(".tar") for s in shards)
+    config = wds_config(str(tmp_path / f"{{{names}}}.tar"), concurrent_downloads=concurrent)
+    expected = delivery_order([s.keys for s in shards], concurrent)
+    assert ids_of(config) == expected
+    assert ids_of(config) == expected
+
+
+def test_several_http_shards_stream_at_once(tmp_path: Path) -> None:
+    shards = make_shards(tmp_path, 4, 4)
+    with ShardServer() as server:
+        # Each body pauses part-way: one lane at a time would reuse a single
+        # kept-alive connection; four lanes hold four.
+        stall = Fault(stall_after_bytes=2048, stall_s=0.3)
+        pattern = serve(server, shards, dict.fromkeys(range(4), stall))
+        assert ids_of(wds_config(pattern, concurrent_downloads=4, read_timeout_s=10)) == all_keys(shards, 4)
+        assert len({r.client_port for r in server.requests()}) == 4
+        assert len(server.requests()) == 4  # none retried
+
+
+def test_stop_interrupts_a_stalled_http_read(tmp_path: Path) -> None:
+    shards = make_shards(tmp_path, 2, 4)
+    with ShardServer() as server:
+        # Shard 1 stalls far longer than the test may take; the read timeout
+        # is longer still, so only `stop` can end that read.
+        pattern = serve(server, shards, {1: Fault(stall_after_bytes=1024, stall_s=120)})
+        client = datago.DatagoClient(wds_config(pattern, concurrent_downloads=2, read_timeout_s=300))
+        first = client.get_sample()
+        assert first is not None
+        del first
+        server.wait_until(lambda: any(r.path.endswith(shards[0].path.name) for r in server.requests()), what="shard 0 served")
+        client.stop()
+        client.close()
+        # Within seconds, not the stall's 120 s nor the read timeout's 300 s.
+        wait_until(lambda: datago.live_cleanup_threads() == 0, timeout_s=20, what="the stopped reader to end")

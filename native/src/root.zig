@@ -45,6 +45,7 @@ test {
     _ = @import("sources/prefetch.zig");
     _ = @import("sources/braces.zig");
     _ = @import("sources/shard_split.zig");
+    _ = @import("sources/shard_lanes.zig");
     _ = @import("sources/tar.zig");
     _ = @import("sources/wds_group.zig");
     _ = @import("sources/wds_source.zig");

@@ -286,6 +286,24 @@ pub const Watchdog = struct {
         return count;
     }
 
+    /// Shuts down every watched socket now (a stopped pass); returns how
+    /// many. Their owners see `fired`, as after a timeout.
+    pub fn interruptAll(w: *Watchdog) u32 {
+        var count: u32 = 0;
+        for (&w.slots) |*slot| {
+            if (!slot.in_use.load(.acquire)) continue;
+            slot.mutex.lockUncancelable(w.io);
+            defer slot.mutex.unlock(w.io);
+            const handle = slot.handle orelse continue;
+            slot.fired.store(true, .release);
+            slot.deadline_ns.store(0, .release);
+            const stream: Io.net.Stream = .{ .socket = .{ .handle = handle, .address = undefined } };
+            stream.shutdown(w.io, .both) catch {};
+            count += 1;
+        }
+        return count;
+    }
+
     /// Ticks every `period_ms` until `stop`. For a thread of its own.
     pub fn run(w: *Watchdog, period_ms: u32) void {
         const period = std.math.clamp(period_ms, tick_ms_min, tick_ms_max);

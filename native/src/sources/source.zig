@@ -40,6 +40,9 @@ pub const Item = struct {
     /// Borrowed like `bytes`, or from the source for the pass's duration.
     id: sample_mod.Id,
     source_name: []const u8,
+    /// Where in `source_name` the item comes from, for log lines (a tar
+    /// key); borrowed like `bytes`.
+    origin: []const u8 = "",
     /// The sample's `attributes` (a JSON object), borrowed like `bytes`.
     attributes_json: []const u8 = "{}",
     /// Other images of the sample, processed into the main image's bucket

@@ -22,8 +22,9 @@
 //! processed into the main image's bucket by the pipeline
 //! (`additional_images`, named by their path in the tar).
 //!
-//! Not yet: a local cache, a shuffle buffer, Google Cloud Storage listings, several
-//! shards downloaded at once (one body is open at a time per reader).
+//! `concurrent_downloads` shards are read at once, in lanes merged in a
+//! fixed order (shard_lanes.zig); stopping the pass interrupts every read
+//! in flight (`Shared.interrupt`).
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -34,6 +35,7 @@ const runtime = @import("../runtime.zig");
 const braces = @import("braces.zig");
 const http = @import("http.zig");
 const prefetch = @import("prefetch.zig");
+const shard_lanes = @import("shard_lanes.zig");
 const shard_split = @import("shard_split.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
@@ -69,6 +71,8 @@ pub const WdsSource = struct {
     ca_bundle: ?[]u8,
     options: http.Options,
     params: shard_split.Params,
+    /// Shards read at once (shard_lanes.zig).
+    concurrent_downloads: u16,
     urls: ?braces.Expansion = null,
     plan: ?shard_split.Plan = null,
     counts: Counts = .{},
@@ -140,6 +144,7 @@ pub const WdsSource = struct {
                     .sample_hash => .sample_hash,
                 },
             },
+            .concurrent_downloads = wds.concurrent_downloads,
             .described = described,
         };
     }
@@ -182,38 +187,105 @@ pub const WdsSource = struct {
         return .{ .items = null, .listed = urls.count(), .listing_ns = listed_ns };
     }
 
-    /// Runs on the reader thread: every planned shard in order.
+    /// Runs on the reader thread: every planned shard, `lanes` of them at
+    /// once (shard_lanes.zig gives the order).
     pub fn stream(self: *WdsSource, gpa: Allocator, stage: *prefetch.Prefetch) void {
         const plan = self.plan orelse return stage.fail("the WebDataset source was not prepared", .{});
-        const urls = &self.urls.?;
-        var reading = Reading.create(gpa, stage.io, self) catch return stage.fail("out of memory for the shard reader", .{});
-        defer reading.destroy();
-        var first_failure: source.Failure = .{};
-        var failed: u64 = 0;
-        for (plan.shards) |shard_index| {
-            // A stopped pass closes the stage; a part whose shards all fail
-            // never puts, so it must look before each shard.
-            if (stage.isClosed()) return;
-            const url = urls.get(shard_index);
-            var why: source.Failure = .{};
-            const outcome = reading.readShard(url, stage, plan.filter, &why);
-            switch (outcome) {
-                .done => _ = self.counts.shards_read.fetchAdd(1, .monotonic),
-                .closed => return,
-                .failed => {
-                    failed += 1;
-                    _ = self.counts.shards_failed.fetchAdd(1, .monotonic);
-                    log.warn(.files, "WebDataset shard '{s}' skipped: {s}", .{ url, why.text() });
-                    if (failed == 1) _ = first_failure.set("{s}", .{why.text()}) catch {};
-                },
-            }
-        }
+        var shared: Shared = .{ .gpa = gpa, .io = stage.io, .owner = self };
+        defer shared.deinit();
+        shared.start(plan.shards) catch return stage.fail("cannot start the HTTP watchdog thread", .{});
+        // A stopped pass must not wait for a socket read to time out.
+        stage.setInterrupt(.{ .context = &shared, .call = Shared.interrupt });
+        defer stage.setInterrupt(null);
+        var output: Output = .{ .owner = self, .stage = stage };
+        const lane_count = shard_lanes.laneCount(plan.shards.len, self.concurrent_downloads);
+        const completed = if (lane_count == 1)
+            readLane(&shared, .{ .output = &output }, 0, 1)
+        else
+            streamLanes(gpa, &shared, &output, lane_count) catch |err| return switch (err) {
+                error.OutOfMemory => stage.fail("out of memory for {d} shard readers", .{lane_count}),
+                error.ThreadSpawnFailed => stage.fail("cannot start {d} shard reader threads", .{lane_count}),
+            };
+        // Not completed: stopped (the stage is closed and this is a no-op),
+        // or a reader could not be made.
+        if (!completed) return stage.fail("out of memory for a shard reader", .{});
+        const failed = shared.failed.load(.monotonic);
         if (plan.shards.len > 0 and failed == plan.shards.len) {
-            const first_url = urls.get(plan.shards[0]);
-            return stage.fail("every WebDataset shard failed ({d}); the first, '{s}': {s}", .{ failed, first_url, first_failure.text() });
+            return stage.fail("every WebDataset shard failed ({d}); the first, '{s}': {s}", .{ failed, shared.first_failed_url, shared.first_failure.text() });
         }
         if (failed > 0) log.warn(.files, "WebDataset: {d} of {d} shards failed and were skipped", .{ failed, plan.shards.len });
         stage.finish();
+    }
+
+    /// Several lanes on threads of their own, merged here. False when the
+    /// pass was stopped.
+    fn streamLanes(gpa: Allocator, shared: *Shared, output: *Output, lane_count: usize) error{ OutOfMemory, ThreadSpawnFailed }!bool {
+        var lanes: shard_lanes.Lanes = try .init(gpa, shared.io, lane_count);
+        defer lanes.deinit();
+        const threads = try gpa.alloc(std.Thread, lane_count);
+        defer gpa.free(threads);
+        var started: usize = 0;
+        defer for (threads[0..started]) |t| t.join();
+        errdefer lanes.close();
+        while (started < lane_count) : (started += 1) {
+            threads[started] = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, laneMain, .{ shared, &lanes, started, lane_count }) catch
+                return error.ThreadSpawnFailed;
+            threads[started].setName(shared.io, "datago-shards") catch {};
+        }
+        const Merge = struct {
+            lanes: *shard_lanes.Lanes,
+            output: *Output,
+            fn take(m: *@This(), lane: usize) ?source.Item {
+                return m.lanes.take(lane);
+            }
+            fn deliver(m: *@This(), item: source.Item) bool {
+                m.output.put(item) catch return false;
+                return true;
+            }
+        };
+        var merging: Merge = .{ .lanes = &lanes, .output = output };
+        const drained = shard_lanes.merge(lane_count, &merging, Merge.take, Merge.deliver);
+        // Stopped, or a lane gave up: wake every lane before the joins.
+        if (!drained or lanes.isClosed()) lanes.close();
+        return drained and !lanes.isClosed();
+    }
+
+    fn laneMain(shared: *Shared, lanes: *shard_lanes.Lanes, index: usize, lane_count: usize) void {
+        defer lanes.end(index);
+        if (!readLane(shared, .{ .lane = .{ .lanes = lanes, .index = index } }, index, lane_count)) lanes.close();
+    }
+
+    /// Reads the planned shards `first, first + stride, ...` into `sink`.
+    /// False when the pass was stopped (or the reader could not be made,
+    /// which fails the stream).
+    fn readLane(shared: *Shared, sink: Sink, first: usize, stride: usize) bool {
+        const self = shared.owner;
+        const plan = self.plan.?;
+        const urls = &self.urls.?;
+        var reading = Reading.create(shared) catch {
+            sink.fail("out of memory for a shard reader");
+            return false;
+        };
+        defer reading.destroy();
+        var at = first;
+        while (at < plan.shards.len) : (at += stride) {
+            // A stopped pass closes the sink; a lane whose shards all fail
+            // never puts, so it must look before each shard.
+            if (sink.isClosed()) return false;
+            const url = urls.get(plan.shards[at]);
+            var why: source.Failure = .{};
+            switch (reading.readShard(url, sink, plan.filter, &why)) {
+                .done => _ = self.counts.shards_read.fetchAdd(1, .monotonic),
+                .closed => return false,
+                .failed => {
+                    if (sink.isClosed() or shared.stopping.load(.acquire)) return false;
+                    _ = self.counts.shards_failed.fetchAdd(1, .monotonic);
+                    log.warn(.files, "WebDataset shard '{s}' skipped: {s}", .{ url, why.text() });
+                    shared.noteFailure(url, &why);
+                },
+            }
+        }
+        return true;
     }
 
     fn lockDescribed(self: *WdsSource) void {
@@ -256,82 +328,160 @@ fn retriesMax() u8 {
     return @min(n, http.retries_limit);
 }
 
-/// The reader thread's state: buffers, the HTTP client and its watchdog,
-/// made once per stream (large: keep it off the stack).
+/// Where a lane's items go: straight into the reader stage (one lane), or
+/// into the lane's queue for the merger.
+const Sink = union(enum) {
+    output: *Output,
+    lane: struct { lanes: *shard_lanes.Lanes, index: usize },
+
+    fn put(sink: Sink, item: source.Item) error{Closed}!void {
+        return switch (sink) {
+            .output => |o| o.put(item),
+            .lane => |l| l.lanes.put(l.index, item),
+        };
+    }
+
+    fn isClosed(sink: Sink) bool {
+        return switch (sink) {
+            .output => |o| o.stage.isClosed(),
+            .lane => |l| l.lanes.isClosed(),
+        };
+    }
+
+    /// The stream cannot go on (a lane's reader could not be made).
+    fn fail(sink: Sink, text: []const u8) void {
+        switch (sink) {
+            .output => |o| o.stage.fail("{s}", .{text}),
+            .lane => |l| l.lanes.close(),
+        }
+    }
+};
+
+/// The stage's side of the stream: every item enters the reader stage
+/// here, in delivery order.
+const Output = struct {
+    owner: *WdsSource,
+    stage: *prefetch.Prefetch,
+
+    fn put(o: *Output, item: source.Item) error{Closed}!void {
+        // Only this thread puts: `put_seq` is this item's sequence number.
+        o.owner.remember(o.stage.put_seq, item.source_name, item.origin);
+        return o.stage.put(item);
+    }
+};
+
+/// What the lanes of one stream share: the HTTP client and its watchdog
+/// (both thread-safe), and the failure tally.
+const Shared = struct {
+    gpa: Allocator,
+    io: Io,
+    owner: *WdsSource,
+    watchdog: http.Watchdog = undefined,
+    watchdog_thread: ?std.Thread = null,
+    client: http.Client = undefined,
+    client_ready: bool = false,
+    ca_failure: ?[]const u8 = null,
+    stopping: std.atomic.Value(bool) = .init(false),
+    failed: std.atomic.Value(u64) = .init(0),
+    logged_groups: std.atomic.Value(u32) = .init(0),
+    failure_lock: Io.Mutex = .init,
+    first_failure: source.Failure = .{},
+    first_failed_url: []const u8 = "",
+
+    /// Makes the HTTP client when any planned shard is http(s).
+    fn start(shared: *Shared, shards: []const u32) error{NoThread}!void {
+        const urls = &shared.owner.urls.?;
+        const any_http = for (shards) |i| {
+            if (isHttp(urls.get(i))) break true;
+        } else false;
+        if (!any_http) return;
+        shared.watchdog = .init(shared.io);
+        const period = http.Watchdog.periodFor(shared.owner.options.read_timeout_ms);
+        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
+        shared.client.init(shared.gpa, shared.io, &shared.watchdog, shared.owner.options);
+        shared.client_ready = true;
+        if (shared.owner.ca_bundle) |path| shared.client.useCaBundle(path) catch |err| {
+            shared.ca_failure = @errorName(err);
+        };
+    }
+
+    fn deinit(shared: *Shared) void {
+        if (shared.client_ready) shared.client.deinit();
+        if (shared.watchdog_thread) |t| {
+            shared.watchdog.stop();
+            t.join();
+        }
+    }
+
+    /// The stage's interrupt: every open body fails now (error.Stopped)
+    /// instead of at its read timeout. Does not block.
+    fn interrupt(context: *anyopaque) void {
+        const shared: *Shared = @ptrCast(@alignCast(context));
+        shared.stopping.store(true, .release);
+        if (shared.client_ready) {
+            shared.client.stop();
+            _ = shared.watchdog.interruptAll();
+        }
+    }
+
+    fn noteFailure(shared: *Shared, url: []const u8, why: *const source.Failure) void {
+        shared.failure_lock.lockUncancelable(shared.io);
+        defer shared.failure_lock.unlock(shared.io);
+        if (shared.failed.fetchAdd(1, .monotonic) == 0) {
+            shared.first_failure = why.*;
+            shared.first_failed_url = url;
+        }
+    }
+};
+
+fn isHttp(url: []const u8) bool {
+    return std.mem.startsWith(u8, url, "http://") or std.mem.startsWith(u8, url, "https://");
+}
+
+/// One lane's buffers and readers (large: kept off the stack).
 const Reading = struct {
     gpa: Allocator,
     io: Io,
+    shared: *Shared,
     owner: *WdsSource,
     window: [tar.window_bytes]u8,
     tar_reader: tar.Reader,
     file_buffer: [file_buffer_bytes]u8,
     http_buffer: [http_buffer_bytes]u8,
     body: http.Body,
-    watchdog: http.Watchdog,
-    watchdog_thread: ?std.Thread,
-    client: http.Client,
-    client_ready: bool,
-    ca_failure: ?[]const u8,
     attributes: std.ArrayList(u8),
-    logged_groups: u32,
 
     const Outcome = enum { done, failed, closed };
     const Transport = enum { file, http };
 
-    fn create(gpa: Allocator, io: Io, owner: *WdsSource) Allocator.Error!*Reading {
-        const r = try gpa.create(Reading);
-        r.gpa = gpa;
-        r.io = io;
-        r.owner = owner;
-        r.watchdog_thread = null;
-        r.client_ready = false;
-        r.ca_failure = null;
+    fn create(shared: *Shared) Allocator.Error!*Reading {
+        const r = try shared.gpa.create(Reading);
+        r.gpa = shared.gpa;
+        r.io = shared.io;
+        r.shared = shared;
+        r.owner = shared.owner;
         r.attributes = .empty;
-        r.logged_groups = 0;
         return r;
     }
 
     fn destroy(r: *Reading) void {
-        if (r.client_ready) r.client.deinit();
-        if (r.watchdog_thread) |t| {
-            r.watchdog.stop();
-            t.join();
-        }
         r.attributes.deinit(r.gpa);
         r.gpa.destroy(r);
     }
 
-    /// The HTTP client, made on the first http(s) shard.
-    fn httpClient(r: *Reading) error{ NoThread, CaBundle }!*http.Client {
-        if (r.ca_failure != null) return error.CaBundle;
-        if (r.client_ready) return &r.client;
-        r.watchdog = .init(r.io);
-        const period = http.Watchdog.periodFor(r.owner.options.read_timeout_ms);
-        r.watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &r.watchdog, period }) catch return error.NoThread;
-        r.client.init(r.gpa, r.io, &r.watchdog, r.owner.options);
-        r.client_ready = true;
-        if (r.owner.ca_bundle) |path| r.client.useCaBundle(path) catch |err| {
-            r.ca_failure = @errorName(err);
-            return error.CaBundle;
-        };
-        return &r.client;
-    }
-
-    fn readShard(r: *Reading, url: []const u8, stage: *prefetch.Prefetch, filter: shard_split.Filter, why: *source.Failure) Outcome {
-        if (std.mem.startsWith(u8, url, "http://") or std.mem.startsWith(u8, url, "https://")) {
-            const client = r.httpClient() catch |err| {
-                _ = switch (err) {
-                    error.NoThread => why.set("cannot start the HTTP watchdog thread", .{}),
-                    error.CaBundle => why.set("source_config.ca_bundle: cannot load '{s}' ({s})", .{ r.owner.ca_bundle.?, r.ca_failure.? }),
-                } catch {};
+    fn readShard(r: *Reading, url: []const u8, sink: Sink, filter: shard_split.Filter, why: *source.Failure) Outcome {
+        if (isHttp(url)) {
+            const shared = r.shared;
+            if (shared.ca_failure) |reason| {
+                _ = why.set("source_config.ca_bundle: cannot load '{s}' ({s})", .{ r.owner.ca_bundle.?, reason }) catch {};
                 return .failed;
-            };
-            r.body.open(client, url, &r.http_buffer) catch |err| {
+            }
+            r.body.open(&shared.client, url, &r.http_buffer) catch |err| {
                 httpFailure(why, err, &r.body.diagnostics);
                 return .failed;
             };
             defer r.body.close();
-            return r.readTar(&r.body.interface, url, stage, filter, why, .http);
+            return r.readTar(&r.body.interface, url, sink, filter, why, .http);
         }
         const path = if (std.mem.startsWith(u8, url, "file://")) url["file://".len..] else url;
         const file = Io.Dir.cwd().openFile(r.io, path, .{}) catch |err| {
@@ -340,7 +490,7 @@ const Reading = struct {
         };
         defer file.close(r.io);
         var file_reader = file.readerStreaming(r.io, &r.file_buffer);
-        const outcome = r.readTar(&file_reader.interface, url, stage, filter, why, .file);
+        const outcome = r.readTar(&file_reader.interface, url, sink, filter, why, .file);
         if (outcome == .failed) if (file_reader.err) |err| {
             _ = why.set("read failed: {s}", .{@errorName(err)}) catch {};
         };
@@ -351,7 +501,7 @@ const Reading = struct {
         r: *Reading,
         input: *Io.Reader,
         url: []const u8,
-        stage: *prefetch.Prefetch,
+        sink: Sink,
         filter: shard_split.Filter,
         why: *source.Failure,
         transport: Transport,
@@ -381,9 +531,7 @@ const Reading = struct {
                 _ = why.set("out of memory for a sample of {d} bytes", .{group.image().?.data.len}) catch {};
                 return .failed;
             };
-            const seq = stage.put_seq; // only this thread puts
-            r.owner.remember(seq, url, group.key);
-            stage.put(item) catch |err| switch (err) {
+            sink.put(item) catch |err| switch (err) {
                 error.Closed => return .closed,
             };
         }
@@ -395,13 +543,13 @@ const Reading = struct {
             .too_large => &r.owner.counts.groups_too_large,
         };
         _ = counter.fetchAdd(1, .monotonic);
-        r.logged_groups += 1;
-        if (r.logged_groups <= logged_groups_max) {
+        const logged = r.shared.logged_groups.fetchAdd(1, .monotonic) + 1;
+        if (logged <= logged_groups_max) {
             log.warn(.files, "WebDataset sample '{s}' in '{s}' skipped: {s}", .{ group.key, url, switch (problem) {
                 .no_image => "no image member of the reference_image_type",
                 .too_large => "more members or bytes than a sample may hold",
             } });
-        } else if (r.logged_groups == logged_groups_max + 1) {
+        } else if (logged == logged_groups_max + 1) {
             log.warn(.files, "more than {d} WebDataset samples skipped in this pass; further ones are only counted", .{logged_groups_max});
         }
     }
@@ -413,8 +561,8 @@ const Reading = struct {
         const others = group.entries[1..];
         r.attributes.clearRetainingCapacity();
         try writeAttributes(r.gpa, &r.attributes, others);
-        const id = group.name();
-        var total = image.data.len + id.len + r.attributes.items.len;
+        const key = group.key;
+        var total = image.data.len + key.len + r.attributes.items.len;
         var additional_count: usize = 0;
         for (others) |entry| if (entry.role == .additional_image) {
             total += entry.path.len + entry.data.len;
@@ -425,7 +573,7 @@ const Reading = struct {
         const additional = try r.gpa.alloc(source.Item.Named, additional_count);
         var at: usize = 0;
         const bytes = copyInto(backing, &at, image.data);
-        const id_copy = copyInto(backing, &at, id);
+        const key_copy = copyInto(backing, &at, key);
         const attributes = copyInto(backing, &at, r.attributes.items);
         var i: usize = 0;
         for (others) |entry| if (entry.role == .additional_image) {
@@ -436,8 +584,9 @@ const Reading = struct {
         return .{
             .bytes = bytes,
             .kind = .webdataset,
-            .id = .{ .plain = id_copy },
+            .id = .{ .plain = key_copy[key.len - group.name().len ..] },
             .source_name = url,
+            .origin = key_copy,
             .attributes_json = attributes,
             .additional = additional,
             .backing = backing,
@@ -537,10 +686,10 @@ fn testTar(gpa: Allocator, files: []const [2][]const u8) ![]u8 {
 /// (the whole stream fits: no consumer thread needed); appends
 /// "id|attributes;" per item to `out`. Returns the failure text, if any
 /// (caller frees).
-fn streamShards(root: []const u8, range: []const u8, out: *std.ArrayList(u8), counts: *source.ShardCounts) !?[]u8 {
+fn streamShards(root: []const u8, range: []const u8, concurrent: u16, out: *std.ArrayList(u8), counts: *source.ShardCounts) !?[]u8 {
     const gpa = testing.allocator;
     var text: [1024]u8 = undefined;
-    const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"webdataset\", \"source_config\": {{\"url\": \"{s}/s-{{{s}}}.tar\"}}}}", .{ root, range });
+    const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"webdataset\", \"source_config\": {{\"url\": \"{s}/s-{{{s}}}.tar\", \"concurrent_downloads\": {d}}}}}", .{ root, range, concurrent });
     var diag: config_mod.Diagnostics = .{};
     var parsed = try config_mod.parse(gpa, json, &diag);
     defer parsed.deinit();
@@ -593,23 +742,29 @@ test "a stream delivers every sample with its attributes and skips broken shards
     var out: std.ArrayList(u8) = .empty;
     defer out.deinit(gpa);
     var counts: source.ShardCounts = .{};
-    const failure = try streamShards(root, "0..3", &out, &counts);
-    try testing.expectEqual(@as(?[]u8, null), failure);
     // s-0 whole; s-1 not a tar; s-2 cut inside its last block: its whole
     // groups come through, then it fails; s-3 missing.
     const x = "x|{\"txt\":\"hi\",\"cls\":\"3\"}+a/x.seg.png=P;";
-    try testing.expectEqualStrings(x ++ "y|{};" ++ x, out.items);
-    try testing.expectEqual(@as(u64, 4), counts.planned);
-    try testing.expectEqual(@as(u64, 1), counts.read);
-    try testing.expectEqual(@as(u64, 3), counts.failed);
-    try testing.expectEqual(@as(u64, 2), counts.groups_without_image);
+    // One shard at a time: shard order. Four lanes: one sample of each
+    // live lane in turn (s-0's x, s-2's x, then s-0's y).
+    for ([_]u16{ 1, 4, 8 }, [_][]const u8{ x ++ "y|{};" ++ x, x ++ x ++ "y|{};", x ++ x ++ "y|{};" }) |concurrent, expected| {
+        out.clearRetainingCapacity();
+        const failure = try streamShards(root, "0..3", concurrent, &out, &counts);
+        try testing.expectEqual(@as(?[]u8, null), failure);
+        try testing.expectEqualStrings(expected, out.items);
+        try testing.expectEqual(@as(u64, 4), counts.planned);
+        try testing.expectEqual(@as(u64, 1), counts.read);
+        try testing.expectEqual(@as(u64, 3), counts.failed);
+        try testing.expectEqual(@as(u64, 2), counts.groups_without_image);
+    }
 
     out.clearRetainingCapacity();
-    const all_failed = (try streamShards(root, "1,3", &out, &counts)) orelse return error.TestExpectedFailure;
+    const all_failed = (try streamShards(root, "1,3", 2, &out, &counts)) orelse return error.TestExpectedFailure;
     defer gpa.free(all_failed);
     try testing.expectEqual(@as(usize, 0), out.items.len);
     try testing.expect(std.mem.startsWith(u8, all_failed, "every WebDataset shard failed (2); the first, '"));
-    try testing.expect(std.mem.indexOf(u8, all_failed, "s-1.tar': ") != null);
+    // Two lanes: whichever failed first is named.
+    try testing.expect(std.mem.indexOf(u8, all_failed, "s-1.tar': ") != null or std.mem.indexOf(u8, all_failed, "s-3.tar': ") != null);
 }
 
 test "a stopped pass reads no further shard" {
