@@ -22,7 +22,11 @@
 //! processed into the main image's bucket by the pipeline
 //! (`additional_images`, named by their path in the tar).
 //!
-//! Not yet: a local cache, a shuffle buffer, Google Cloud Storage listings, several
+//! With `cache_dir`, http(s) shards are read from and written to the shard
+//! cache (shard_cache.zig): a hit is read like a local file, a miss is teed
+//! into the cache while it streams.
+//!
+//! Not yet: a shuffle buffer, Google Cloud Storage listings, several
 //! shards downloaded at once (one body is open at a time per reader).
 const std = @import("std");
 const Io = std.Io;
@@ -34,6 +38,7 @@ const runtime = @import("../runtime.zig");
 const braces = @import("braces.zig");
 const http = @import("http.zig");
 const prefetch = @import("prefetch.zig");
+const shard_cache = @import("shard_cache.zig");
 const shard_split = @import("shard_split.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
@@ -57,6 +62,7 @@ pub const Counts = struct {
     shards_failed: std.atomic.Value(u64) = .init(0),
     groups_without_image: std.atomic.Value(u64) = .init(0),
     groups_too_large: std.atomic.Value(u64) = .init(0),
+    cache: shard_cache.Counts = .{},
 };
 
 pub const WdsSource = struct {
@@ -67,6 +73,8 @@ pub const WdsSource = struct {
     headers: []std.http.Header,
     header_bytes: []u8,
     ca_bundle: ?[]u8,
+    cache_dir: ?[]u8,
+    cache_max_bytes: u64,
     options: http.Options,
     params: shard_split.Params,
     urls: ?braces.Expansion = null,
@@ -93,6 +101,8 @@ pub const WdsSource = struct {
         errdefer if (authorization) |a| gpa.free(a);
         const ca_bundle = if (wds.ca_bundle) |c| try gpa.dupe(u8, c) else null;
         errdefer if (ca_bundle) |c| gpa.free(c);
+        const cache_dir = if (wds.cache_dir) |c| try gpa.dupe(u8, c) else null;
+        errdefer if (cache_dir) |c| gpa.free(c);
         var header_len: usize = 0;
         for (wds.headers) |h| header_len += h.name.len + h.value.len;
         const header_bytes = try gpa.alloc(u8, header_len);
@@ -117,6 +127,8 @@ pub const WdsSource = struct {
             .headers = headers,
             .header_bytes = header_bytes,
             .ca_bundle = ca_bundle,
+            .cache_dir = cache_dir,
+            .cache_max_bytes = wds.cache_max_bytes,
             .options = .{
                 .connect_timeout_ms = wds.connect_timeout_ms,
                 .read_timeout_ms = wds.read_timeout_ms,
@@ -151,6 +163,7 @@ pub const WdsSource = struct {
         gpa.free(self.headers);
         gpa.free(self.header_bytes);
         if (self.ca_bundle) |c| gpa.free(c);
+        if (self.cache_dir) |c| gpa.free(c);
         if (self.authorization) |a| gpa.free(a);
         gpa.free(self.reference_image_type);
         gpa.free(self.pattern);
@@ -188,6 +201,11 @@ pub const WdsSource = struct {
         const urls = &self.urls.?;
         var reading = Reading.create(gpa, stage.io, self) catch return stage.fail("out of memory for the shard reader", .{});
         defer reading.destroy();
+        if (self.cache_dir) |path| {
+            var diag: shard_cache.OpenDiagnostics = .{};
+            reading.cache = shard_cache.Cache.open(gpa, stage.io, path, self.cache_max_bytes, &self.counts.cache, &diag) catch
+                return stage.fail("source_config.cache_dir: cannot {s} '{s}' ({s})", .{ diag.action, path, diag.error_name });
+        }
         var first_failure: source.Failure = .{};
         var failed: u64 = 0;
         for (plan.shards) |shard_index| {
@@ -274,6 +292,8 @@ const Reading = struct {
     ca_failure: ?[]const u8,
     attributes: std.ArrayList(u8),
     logged_groups: u32,
+    cache: ?shard_cache.Cache,
+    fill: shard_cache.Fill,
 
     const Outcome = enum { done, failed, closed };
     const Transport = enum { file, http };
@@ -288,10 +308,13 @@ const Reading = struct {
         r.ca_failure = null;
         r.attributes = .empty;
         r.logged_groups = 0;
+        r.cache = null;
+        r.fill = .{};
         return r;
     }
 
     fn destroy(r: *Reading) void {
+        if (r.cache) |*c| c.close();
         if (r.client_ready) r.client.deinit();
         if (r.watchdog_thread) |t| {
             r.watchdog.stop();
@@ -319,6 +342,16 @@ const Reading = struct {
 
     fn readShard(r: *Reading, url: []const u8, stage: *prefetch.Prefetch, filter: shard_split.Filter, why: *source.Failure) Outcome {
         if (std.mem.startsWith(u8, url, "http://") or std.mem.startsWith(u8, url, "https://")) {
+            if (r.cache) |*cache| if (cache.lookup(url, &r.file_buffer)) |found| {
+                var hit = found;
+                defer hit.close(r.io);
+                var cached = hit.reader(r.io, &r.file_buffer);
+                const outcome = r.readTar(&cached.interface, url, stage, filter, why, .file);
+                if (outcome == .failed) if (cached.err) |err| {
+                    _ = why.set("cached copy: read failed: {s}", .{@errorName(err)}) catch {};
+                };
+                return outcome;
+            };
             const client = r.httpClient() catch |err| {
                 _ = switch (err) {
                     error.NoThread => why.set("cannot start the HTTP watchdog thread", .{}),
@@ -331,7 +364,10 @@ const Reading = struct {
                 return .failed;
             };
             defer r.body.close();
-            return r.readTar(&r.body.interface, url, stage, filter, why, .http);
+            const input = if (r.cache) |*cache| r.fill.begin(cache, url, &r.body.interface, r.body.total) else &r.body.interface;
+            const outcome = r.readTar(input, url, stage, filter, why, .http);
+            r.fill.end(outcome == .done);
+            return outcome;
         }
         const path = if (std.mem.startsWith(u8, url, "file://")) url["file://".len..] else url;
         const file = Io.Dir.cwd().openFile(r.io, path, .{}) catch |err| {
