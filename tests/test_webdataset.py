@@ -57,7 +57,8 @@ def test_local_shards_in_order_with_attributes_and_source(tmp_path: Path) -> Non
     assert first.source == str(shards[1].path)
     assert first.attributes_dict == {"json": json.dumps({"i": 10001}), "txt": "caption 10001", "cls": "1"}
     assert first.image.size == (32, 24)
-    assert stats["shards"] == {"planned": 3, "read": 3, "failed": 0, "groups_without_image": 0, "groups_too_large": 0}
+    assert stats["shards"] == {"planned": 3, "read": 3, "failed": 0, "groups_without_image": 0, "groups_too_large": 0,
+                               "cache": None}
 
 
 def test_file_urls_tar_gz_and_limit(tmp_path: Path) -> None:
@@ -244,7 +245,7 @@ def test_https_needs_the_ca_bundle(tmp_path: Path) -> None:
 @pytest.mark.parametrize("source, message", [
     ({"url": "s-{3..1}.tar"}, "source_config.url: cannot be expanded"),
     ({"url": "a.tar", "world_size": 2}, "source_config.rank: missing"),
-    ({"url": "a.tar", "cache_dir": "/tmp"}, "source_config.cache_dir: not supported"),
+    ({"url": "a.tar", "shuffle_buffer": 8}, "source_config.shuffle_buffer: not supported"),
     ({"url": "a.tar", "read_timeout_s": "5"}, "source_config.read_timeout_s: expected a number"),
 ])
 def test_bad_configs_raise_at_open(source: dict[str, Any], message: str) -> None:

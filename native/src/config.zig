@@ -83,7 +83,15 @@ pub const WebDataset = struct {
     rank_split: RankSplit = .shard,
     read_timeout_ms: u32 = 30_000,
     connect_timeout_ms: u32 = 10_000,
+    /// Where http(s) shards are kept for later epochs and processes
+    /// (sources/shard_cache.zig); null: no cache.
+    cache_dir: ?[]const u8 = null,
+    cache_max_bytes: u64 = cache_max_bytes_default,
 };
+
+/// 64 GiB: a few epochs of a mid-sized dataset per node, without filling a
+/// typical scratch disk by surprise.
+pub const cache_max_bytes_default: u64 = 64 << 30;
 
 pub const Config = struct {
     source_type: SourceType = .file,
@@ -377,7 +385,7 @@ const Parser = struct {
     fn webDataset(p: *Parser, object: json.ObjectMap) Error!WebDataset {
         const prefix = "source_config.";
         var wds: WebDataset = .{};
-        for ([_][]const u8{ "cache_dir", "cache_max_bytes", "shuffle_buffer" }) |key| if (object.get(key) != null)
+        for ([_][]const u8{"shuffle_buffer"}) |key| if (object.get(key) != null)
             return p.fail("source_config.{s}: not supported by this build of datago yet", .{key});
         wds.url = try p.optString(object, prefix, "url") orelse
             return p.fail("source_config.url: missing (a shard path or URL, brace patterns allowed: shards-{{000..009}}.tar)", .{});
@@ -417,13 +425,24 @@ const Parser = struct {
         }
         if (try p.optNumber(object, prefix, "read_timeout_s")) |t| wds.read_timeout_ms = try p.timeoutMs("read_timeout_s", t);
         if (try p.optNumber(object, prefix, "connect_timeout_s")) |t| wds.connect_timeout_ms = try p.timeoutMs("connect_timeout_s", t);
+        try p.cacheKeys(object, &wds);
         try p.collectUnknown(object, prefix, &.{
             "url",                  "reference_image_type", "random_sampling", "seed",
             "rank",                 "world_size",           "concurrent_downloads", "max_concurrency",
             "auth_token",           "headers",              "ca_bundle",       "rank_split",
-            "read_timeout_s",       "connect_timeout_s",
+            "read_timeout_s",       "connect_timeout_s",    "cache_dir",       "cache_max_bytes",
         });
         return wds;
+    }
+
+    fn cacheKeys(p: *Parser, object: json.ObjectMap, wds: *WebDataset) Error!void {
+        const prefix = "source_config.";
+        wds.cache_dir = try p.optString(object, prefix, "cache_dir");
+        if (wds.cache_dir) |dir| if (dir.len == 0 or std.mem.indexOfScalar(u8, dir, 0) != null)
+            return p.fail("source_config.cache_dir: expected a folder path (not empty, no NUL byte)", .{});
+        const max_bytes = try p.optPositive(u64, object, prefix, "cache_max_bytes") orelse return;
+        if (wds.cache_dir == null) return p.fail("source_config.cache_max_bytes: set without cache_dir (there is no cache to bound)", .{});
+        wds.cache_max_bytes = max_bytes;
     }
 
     /// Seconds → milliseconds within 1 ms .. 1 day.
@@ -740,7 +759,14 @@ test "a webdataset config parses, with the shared split keys in `file`" {
     try testing.expectEqual(RankSplit.sample_hash, c.webdataset.rank_split);
     try testing.expectEqual(@as(u32, 500), c.webdataset.read_timeout_ms);
     try testing.expectEqualStrings("png", c.webdataset.reference_image_type);
+    try testing.expectEqual(@as(?[]const u8, null), c.webdataset.cache_dir);
     try testing.expectEqual(@as(usize, 0), parsed.unknown_keys.len);
+    var cached = try parse(testing.allocator,
+        \\{"source_type": "webdataset", "source_config": {"url": "a.tar", "cache_dir": "c", "cache_max_bytes": 18446744073709551615}}
+    , &diag);
+    defer cached.deinit();
+    try testing.expectEqualStrings("c", cached.config.webdataset.cache_dir.?);
+    try testing.expectEqual(@as(u64, std.math.maxInt(u64)), cached.config.webdataset.cache_max_bytes);
 }
 
 test "bad webdataset configs name the key" {
@@ -750,9 +776,13 @@ test "bad webdataset configs name the key" {
     try expectInvalid(head ++ "{\"url\": \"s-{3..1}.tar\"}}", "source_config.url: cannot be expanded (InvalidRange");
     try expectInvalid(head ++ "{\"url\": \"s-{0..1.tar\"}}", "source_config.url: cannot be expanded (Unbalanced");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"world_size\": 2}}", "source_config.rank: missing while world_size is 2");
-    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"/tmp\"}}", "source_config.cache_dir: not supported by this build of datago yet");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"\"}}", "source_config.cache_dir: expected a folder path");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": 3}}", "source_config.cache_dir: expected a string");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 10}}", "source_config.shuffle_buffer: not supported");
-    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_max_bytes\": 10}}", "source_config.cache_max_bytes: not supported");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_max_bytes\": 10}}", "source_config.cache_max_bytes: set without cache_dir");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": 0}}", "source_config.cache_max_bytes: must be greater than 0");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": -1}}", "source_config.cache_max_bytes: -1 is out of range");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": 1e9}}", "source_config.cache_max_bytes: expected a non-negative integer");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"rank_split\": \"rows\"}}", "source_config.rank_split: unknown split 'rows'");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"read_timeout_s\": 0}}", "source_config.read_timeout_s: must be between");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"connect_timeout_s\": \"1\"}}", "source_config.connect_timeout_s: expected a number");

@@ -161,9 +161,11 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
     if (s.cursor) |*cursor| try cursor.writeJson(w) else try w.writeAll("null");
     try w.writeAll(",\"shards\":");
     if (s.shards) |sh| {
-        try w.print("{{\"planned\":{d},\"read\":{d},\"failed\":{d},\"groups_without_image\":{d},\"groups_too_large\":{d}}}", .{
+        try w.print("{{\"planned\":{d},\"read\":{d},\"failed\":{d},\"groups_without_image\":{d},\"groups_too_large\":{d},\"cache\":", .{
             sh.planned, sh.read, sh.failed, sh.groups_without_image, sh.groups_too_large,
         });
+        if (sh.cache) |*cache| try cache.writeJson(w) else try w.writeAll("null");
+        try w.writeAll("}");
     } else try w.writeAll("null");
     try w.writeAll(",\"skipped\":{");
     for (std.enums.values(files.SkipCause), 0..) |cause, i| {

@@ -27,6 +27,7 @@ const sample_mod = @import("../sample.zig");
 const files = @import("files.zig");
 const FileSource = @import("file_source.zig").FileSource;
 const WdsSource = @import("wds_source.zig").WdsSource;
+const shard_cache = @import("shard_cache.zig");
 const prefetch = @import("prefetch.zig");
 pub const order = @import("order.zig");
 
@@ -240,6 +241,7 @@ pub const Source = union(enum) {
                 .failed = s.counts.shards_failed.load(.monotonic),
                 .groups_without_image = s.counts.groups_without_image.load(.monotonic),
                 .groups_too_large = s.counts.groups_too_large.load(.monotonic),
+                .cache = if (s.cache_dir != null) s.counts.cache.load() else null,
             },
             .file, .test_stream => null,
         };
@@ -253,6 +255,8 @@ pub const ShardCounts = struct {
     failed: u64 = 0,
     groups_without_image: u64 = 0,
     groups_too_large: u64 = 0,
+    /// The shard cache's counters; null without `cache_dir`.
+    cache: ?shard_cache.Totals = null,
 };
 
 /// See `Source.test_stream`: items "item-<i>" whose bytes are `images[i]`,
