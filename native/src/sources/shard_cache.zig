@@ -38,8 +38,9 @@
 //! opens the cache. Concurrent commits may overshoot the bound by the entries
 //! committed at the same moment; the next commit brings it back.
 //!
-//! Threads: a `Cache` and its `Fill` belong to one reader thread; `Counts`
-//! may be read from any thread.
+//! Threads: a `Cache` is shared by the lanes of one stream (lookups and
+//! fills run in parallel; commits take `commit_lock`); a `Fill` belongs to
+//! one lane; `Counts` may be read from any thread.
 const std = @import("std");
 const assert = std.debug.assert;
 const Io = std.Io;
@@ -186,6 +187,8 @@ pub const Cache = struct {
     dir: Io.Dir,
     max_bytes: u64,
     counts: *Counts,
+    /// Held by a commit (`makeRoom` and the rename).
+    commit_lock: Io.Mutex = .init,
     /// Shared by a stream's lanes: set once, by whichever lane comes first.
     logged_too_large: std.atomic.Value(bool) = .init(false),
     logged_write_failure: std.atomic.Value(bool) = .init(false),
@@ -517,6 +520,10 @@ pub const Fill = struct {
         file.writePositionalAll(io, fill.url, header_bytes) catch |err| return cache.writeFailed(fill.url, @errorName(err));
         const entry_bytes = header_bytes + fill.url.len + sink.data_bytes;
         const name = entryName(fill.url);
+        // The lanes of a stream share `dir`, whose iteration offset is per
+        // descriptor: one scan and rename at a time.
+        cache.commit_lock.lockUncancelable(io);
+        defer cache.commit_lock.unlock(io);
         if (!cache.makeRoom(entry_bytes, &name)) return cache.writeFailed(fill.url, "OutOfMemory");
         file.close(io);
         committed = true;
