@@ -6,6 +6,7 @@ const std = @import("std");
 const json = std.json;
 const Allocator = std.mem.Allocator;
 const braces = @import("sources/braces.zig");
+const gcs_listing = @import("sources/gcs_listing.zig");
 
 pub const SourceType = enum { file, webdataset, db };
 pub const EncodeFormat = enum { png, jpeg };
@@ -392,7 +393,12 @@ const Parser = struct {
         for (0..expansion.count()) |i| {
             const url = expansion.get(i);
             if (std.mem.indexOfScalar(u8, url, 0) != null) return p.fail("source_config.url: contains a NUL byte", .{});
-            if (std.mem.startsWith(u8, url, "gs://")) return p.fail("source_config.url: Google Cloud Storage listings are not supported by this build of datago yet ('{s}')", .{url});
+            if (std.mem.startsWith(u8, url, "gs://")) {
+                var listing: [256]u8 = undefined;
+                var w: std.Io.Writer = .fixed(&listing);
+                gcs_listing.writeListingUrlFor(wds.url, &w) catch {};
+                return p.fail("source_config.url: gs:// URLs are not read directly; give the JSON API listing URL instead, '{s}' (its .tar, .tar.gz and .tgz objects are read; auth_token for a private bucket)", .{w.buffered()});
+            }
         }
         if (try p.optString(object, prefix, "reference_image_type")) |t| {
             if (t.len == 0 or t.len > reference_image_type_bytes_max or t[0] == '.')
@@ -761,5 +767,5 @@ test "bad webdataset configs name the key" {
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"headers\": {\"X Y\": \"a\"}}}", "source_config.headers.X Y: not a valid header name");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"auth_token\": \"a\\nb\"}}", "source_config.auth_token: contains a line break");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"reference_image_type\": \".jpg\"}}", "source_config.reference_image_type: expected an extension");
-    try expectInvalid(head ++ "{\"url\": \"gs://bucket/x\"}}", "source_config.url: Google Cloud Storage listings are not supported");
+    try expectInvalid(head ++ "{\"url\": \"gs://bucket/x\"}}", "source_config.url: gs:// URLs are not read directly; give the JSON API listing URL instead, 'https://storage.googleapis.com/storage/v1/b/bucket/o?prefix=x'");
 }

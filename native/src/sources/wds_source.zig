@@ -1,7 +1,8 @@
 //! The WebDataset source (issue 17; compatibility.md §6.2, §7.2): a
 //! streaming source over tar shards named by a brace pattern.
 //!
-//! `prepare` expands the pattern (braces.zig) and plans this (rank,
+//! `prepare` expands the pattern (braces.zig), or reads the Google Cloud
+//! Storage listing it names (gcs_listing.zig), and plans this (rank,
 //! worker)'s shards (shard_split.zig). `stream`, on the pass's reader
 //! thread, walks them in plan order: local paths and `file://` through a
 //! file reader, `http://` and `https://` through http.zig (retries, Range
@@ -22,8 +23,8 @@
 //! processed into the main image's bucket by the pipeline
 //! (`additional_images`, named by their path in the tar).
 //!
-//! Not yet: a local cache, a shuffle buffer, Google Cloud Storage listings, several
-//! shards downloaded at once (one body is open at a time per reader).
+//! Not yet: a local cache, a shuffle buffer, several shards downloaded at
+//! once (one body is open at a time per reader).
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -32,6 +33,7 @@ const config_mod = @import("../config.zig");
 const log = @import("../log.zig");
 const runtime = @import("../runtime.zig");
 const braces = @import("braces.zig");
+const gcs_listing = @import("gcs_listing.zig");
 const http = @import("http.zig");
 const prefetch = @import("prefetch.zig");
 const shard_split = @import("shard_split.zig");
@@ -157,11 +159,17 @@ pub const WdsSource = struct {
         self.* = undefined;
     }
 
-    /// Expands the URL pattern and plans this (rank, worker)'s shards.
-    pub fn prepare(self: *WdsSource, gpa: Allocator, failure: *source.Failure) source.PrepareError!source.Prepared {
+    /// Expands the URL pattern (or lists the GCS listing it names) and
+    /// plans this (rank, worker)'s shards.
+    pub fn prepare(self: *WdsSource, gpa: Allocator, io: Io, canceled: *const std.atomic.Value(bool), failure: *source.Failure) source.PrepareError!source.Prepared {
         const started_ns = runtime.monotonicNs();
         var diag: braces.Diagnostics = .{};
-        var urls = braces.expand(gpa, self.pattern, &diag) catch |err| return switch (err) {
+        var urls = if (gcs_listing.isListingUrl(self.pattern)) try gcs_listing.list(gpa, io, .{
+            .url = self.pattern,
+            .options = self.options,
+            .ca_bundle = self.ca_bundle,
+            .canceled = canceled,
+        }, failure) else braces.expand(gpa, self.pattern, &diag) catch |err| return switch (err) {
             error.OutOfMemory => failure.set("out of memory while expanding source_config.url", .{}),
             else => failure.set("source_config.url: cannot be expanded ({s} at byte {d})", .{ @errorName(err), diag.offset }),
         };
