@@ -7,6 +7,7 @@ const json = std.json;
 const Allocator = std.mem.Allocator;
 const braces = @import("sources/braces.zig");
 const gcs_listing = @import("sources/gcs_listing.zig");
+const shuffle_buffer = @import("sources/shuffle_buffer.zig");
 
 pub const SourceType = enum { file, webdataset, db };
 pub const EncodeFormat = enum { png, jpeg };
@@ -84,6 +85,9 @@ pub const WebDataset = struct {
     rank_split: RankSplit = .shard,
     read_timeout_ms: u32 = 30_000,
     connect_timeout_ms: u32 = 10_000,
+    /// Samples mixed by the shuffle buffer; null when the key is absent
+    /// (then sources/shuffle_buffer.zig picks by `random_sampling`).
+    shuffle_buffer: ?u32 = null,
 };
 
 pub const Config = struct {
@@ -378,7 +382,7 @@ const Parser = struct {
     fn webDataset(p: *Parser, object: json.ObjectMap) Error!WebDataset {
         const prefix = "source_config.";
         var wds: WebDataset = .{};
-        for ([_][]const u8{ "cache_dir", "cache_max_bytes", "shuffle_buffer" }) |key| if (object.get(key) != null)
+        for ([_][]const u8{ "cache_dir", "cache_max_bytes" }) |key| if (object.get(key) != null)
             return p.fail("source_config.{s}: not supported by this build of datago yet", .{key});
         wds.url = try p.optString(object, prefix, "url") orelse
             return p.fail("source_config.url: missing (a shard path or URL, brace patterns allowed: shards-{{000..009}}.tar)", .{});
@@ -423,11 +427,15 @@ const Parser = struct {
         }
         if (try p.optNumber(object, prefix, "read_timeout_s")) |t| wds.read_timeout_ms = try p.timeoutMs("read_timeout_s", t);
         if (try p.optNumber(object, prefix, "connect_timeout_s")) |t| wds.connect_timeout_ms = try p.timeoutMs("connect_timeout_s", t);
+        if (try p.optInt(u32, object, prefix, "shuffle_buffer")) |n| {
+            if (n > shuffle_buffer.items_max) return p.fail("source_config.shuffle_buffer: {d} is above the maximum {d} (held samples are encoded bytes in memory)", .{ n, shuffle_buffer.items_max });
+            wds.shuffle_buffer = n;
+        }
         try p.collectUnknown(object, prefix, &.{
             "url",                  "reference_image_type", "random_sampling", "seed",
             "rank",                 "world_size",           "concurrent_downloads", "max_concurrency",
             "auth_token",           "headers",              "ca_bundle",       "rank_split",
-            "read_timeout_s",       "connect_timeout_s",
+            "read_timeout_s",       "connect_timeout_s",    "shuffle_buffer",
         });
         return wds;
     }
@@ -757,7 +765,10 @@ test "bad webdataset configs name the key" {
     try expectInvalid(head ++ "{\"url\": \"s-{0..1.tar\"}}", "source_config.url: cannot be expanded (Unbalanced");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"world_size\": 2}}", "source_config.rank: missing while world_size is 2");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"/tmp\"}}", "source_config.cache_dir: not supported by this build of datago yet");
-    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 10}}", "source_config.shuffle_buffer: not supported");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": -1}}", "source_config.shuffle_buffer: -1 is out of range");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 1.5}}", "source_config.shuffle_buffer: expected a non-negative integer");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": \"10\"}}", "source_config.shuffle_buffer: expected a non-negative integer");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 65537}}", "source_config.shuffle_buffer: 65537 is above the maximum 65536");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_max_bytes\": 10}}", "source_config.cache_max_bytes: not supported");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"rank_split\": \"rows\"}}", "source_config.rank_split: unknown split 'rows'");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"read_timeout_s\": 0}}", "source_config.read_timeout_s: must be between");

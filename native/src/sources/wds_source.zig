@@ -23,8 +23,11 @@
 //! processed into the main image's bucket by the pipeline
 //! (`additional_images`, named by their path in the tar).
 //!
-//! Not yet: a local cache, a shuffle buffer, several shards downloaded at
-//! once (one body is open at a time per reader).
+//! Items reach the stage through a `shuffle_buffer.Sink`, which mixes them
+//! across shards when `shuffle_buffer` (or `random_sampling`) asks for it.
+//!
+//! Not yet: a local cache, several shards downloaded at once (one body is
+//! open at a time per reader).
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -37,6 +40,7 @@ const gcs_listing = @import("gcs_listing.zig");
 const http = @import("http.zig");
 const prefetch = @import("prefetch.zig");
 const shard_split = @import("shard_split.zig");
+const shuffle_buffer = @import("shuffle_buffer.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
 const wds_group = @import("wds_group.zig");
@@ -71,6 +75,7 @@ pub const WdsSource = struct {
     ca_bundle: ?[]u8,
     options: http.Options,
     params: shard_split.Params,
+    shuffle: shuffle_buffer.Params,
     urls: ?braces.Expansion = null,
     plan: ?shard_split.Plan = null,
     counts: Counts = .{},
@@ -142,6 +147,7 @@ pub const WdsSource = struct {
                     .sample_hash => .sample_hash,
                 },
             },
+            .shuffle = shuffle_buffer.paramsFor(config, epoch),
             .described = described,
         };
     }
@@ -221,6 +227,7 @@ pub const WdsSource = struct {
             return stage.fail("every WebDataset shard failed ({d}); the first, '{s}': {s}", .{ failed, first_url, first_failure.text() });
         }
         if (failed > 0) log.warn(.files, "WebDataset: {d} of {d} shards failed and were skipped", .{ failed, plan.shards.len });
+        reading.sink.drain(stage) catch return;
         stage.finish();
     }
 
@@ -232,7 +239,8 @@ pub const WdsSource = struct {
         self.described_lock.store(false, .release);
     }
 
-    fn remember(self: *WdsSource, seq: u64, url: []const u8, key: []const u8) void {
+    /// Names item `seq` for `describeItem`; called as the item is put.
+    pub fn remember(self: *WdsSource, seq: u64, url: []const u8, key: []const u8) void {
         self.lockDescribed();
         defer self.unlockDescribed();
         const slot = &self.described[seq % self.described.len];
@@ -282,12 +290,16 @@ const Reading = struct {
     ca_failure: ?[]const u8,
     attributes: std.ArrayList(u8),
     logged_groups: u32,
+    /// Spans every shard of the stream; drained after the last.
+    sink: shuffle_buffer.Sink(WdsSource),
 
     const Outcome = enum { done, failed, closed };
     const Transport = enum { file, http };
 
     fn create(gpa: Allocator, io: Io, owner: *WdsSource) Allocator.Error!*Reading {
         const r = try gpa.create(Reading);
+        errdefer gpa.destroy(r);
+        r.sink = try .init(gpa, owner, owner.shuffle);
         r.gpa = gpa;
         r.io = io;
         r.owner = owner;
@@ -306,6 +318,7 @@ const Reading = struct {
             t.join();
         }
         r.attributes.deinit(r.gpa);
+        r.sink.deinit();
         r.gpa.destroy(r);
     }
 
@@ -389,9 +402,7 @@ const Reading = struct {
                 _ = why.set("out of memory for a sample of {d} bytes", .{group.image().?.data.len}) catch {};
                 return .failed;
             };
-            const seq = stage.put_seq; // only this thread puts
-            r.owner.remember(seq, url, group.key);
-            stage.put(item) catch |err| switch (err) {
+            r.sink.put(stage, item, url, group.key) catch |err| switch (err) {
                 error.Closed => return .closed,
             };
         }
