@@ -1,8 +1,8 @@
 //! Google Cloud Storage JSON API listings as a WebDataset `url`
 //! (compatibility.md §7.2): a `url` without `{` whose path has the shape
-//! `/storage/v1/b/<bucket>/o` (`https://storage.googleapis.com/storage/v1/b/
-//! <bucket>/o?prefix=<prefix>` in real use) names the objects of a listing
-//! instead of one shard. The decision is made on the path's shape, not on
+//! `/storage/v1/b/<bucket>/o` names the objects of a listing instead of
+//! one shard (in real use
+//! `https://storage.googleapis.com/storage/v1/b/<bucket>/o?prefix=<prefix>`). The decision is made on the path's shape, not on
 //! the host, so the tests serve a listing from 127.0.0.1 and a proxy or an
 //! emulator works too.
 //!
@@ -20,8 +20,10 @@
 //! Failures fail the pass (`SourceError`) with the listing URL and the
 //! reason: an HTTP status that gives up (403, 404, ...), retries exhausted,
 //! a page that is not a JSON listing, a listing with no shard in it. Bounds:
-//! `pages_max` pages of at most `page_bytes_max` bytes, `shard_split.
-//! shards_max` shards and `braces.expanded_bytes_max` bytes of URLs.
+//! `pages_max` pages of at most `page_bytes_max` bytes,
+//! `shard_split.shards_max` shards, `braces.expanded_bytes_max` bytes of URLs.
+//! A stopped pass is noticed between pages (a page in flight ends by its
+//! own timeouts).
 const std = @import("std");
 const assert = std.debug.assert;
 const Io = std.Io;
