@@ -24,6 +24,10 @@ first `stall_times` requests. `body` replaces the content (a non-tar body
 served with 200); `ignore_range` answers every request with 200 and the full
 body, as a server without Range support does.
 
+`add_pages(path, pages)` serves a paginated JSON listing (as Google Cloud
+Storage's JSON API does): the body is `pages[<pageToken query value>]`, `""`
+for the first page, 400 for an unknown token; faults apply as above.
+
 A stall waits on the server's stop event, so stopping never waits for it.
 """
 
@@ -39,6 +43,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +93,14 @@ class RequestRecord:
     complete: bool
     client_port: int
     headers: dict[str, str]
+    query: str = ""
 
 
 @dataclass
 class _Resource:
     data: bytes
     fault: Fault = field(default_factory=Fault)
+    pages: dict[str, bytes] | None = None
     requests: int = 0
     failures: int = 0
     too_many: int = 0
@@ -192,6 +199,13 @@ class ShardServer:
             self._resources[path] = _Resource(data=data, fault=fault or Fault())
         return self.url(path)
 
+    def add_pages(self, path: str, pages: dict[str, bytes], fault: Fault | None = None) -> str:
+        """Serves a listing at `path`: the page is chosen by the `pageToken`
+        query value (`""` when absent); returns the URL of `path`."""
+        with self._changed:
+            self._resources[path] = _Resource(data=b"", fault=fault or Fault(), pages=dict(pages))
+        return self.url(path)
+
     def add_file(self, path: str, file: Path, fault: Fault | None = None) -> str:
         return self.add(path, Path(file).read_bytes(), fault)
 
@@ -199,7 +213,7 @@ class ShardServer:
         """Replaces the fault of `path` and resets its counters."""
         with self._changed:
             resource = self._resources[path]
-            self._resources[path] = _Resource(data=resource.data, fault=fault)
+            self._resources[path] = _Resource(data=resource.data, fault=fault, pages=resource.pages)
 
     # -- the log -----------------------------------------------------------
 
@@ -304,12 +318,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         resource = owner._resource(path)
         range_header = self.headers.get("Range")
         status, sent, complete = 0, 0, True
         try:
-            status, sent = self._respond(owner, resource, range_header)
+            status, sent = self._respond(owner, resource, range_header, query)
         except _Cut as cut:
             status, sent, complete = int(cut.args[0]), int(cut.args[1]), False
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
@@ -319,9 +333,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             owner._record(RequestRecord(
                 method="GET", path=path, range=range_header, status=status, bytes_sent=sent,
                 complete=complete, client_port=self.client_address[1], headers=dict(self.headers.items()),
+                query=query,
             ))
 
-    def _respond(self, owner: ShardServer, resource: _Resource | None, range_header: str | None) -> tuple[int, int]:
+    def _respond(self, owner: ShardServer, resource: _Resource | None, range_header: str | None, query: str) -> tuple[int, int]:
         if resource is None:
             return self._error(404), 0
         fault = resource.fault
@@ -331,6 +346,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._error(fault.fail_status), 0
         if owner._take(resource, "too_many", fault.too_many_times):
             return self._error(429, {"Retry-After": fault.retry_after}), 0
+        if resource.pages is not None:
+            return self._page(resource.pages, query)
         data = fault.body if fault.body is not None else resource.data
         start, end = 0, len(data)
         status = 200
@@ -354,6 +371,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
         return status, self._send_body(owner, resource, data[start:end], status)
+
+    def _page(self, pages: dict[str, bytes], query: str) -> tuple[int, int]:
+        token = urllib.parse.parse_qs(query).get("pageToken", [""])[-1]
+        page = pages.get(token)
+        if page is None:
+            return self._error(400), 0
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+        self.wfile.flush()
+        return 200, len(page)
 
     def _send_body(self, owner: ShardServer, resource: _Resource, body: bytes, status: int) -> int:
         fault = resource.fault

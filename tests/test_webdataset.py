@@ -245,7 +245,7 @@ def test_https_needs_the_ca_bundle(tmp_path: Path) -> None:
 @pytest.mark.parametrize("source, message", [
     ({"url": "s-{3..1}.tar"}, "source_config.url: cannot be expanded"),
     ({"url": "a.tar", "world_size": 2}, "source_config.rank: missing"),
-    ({"url": "a.tar", "shuffle_buffer": 8}, "source_config.shuffle_buffer: not supported"),
+    ({"url": "a.tar", "shuffle_buffer": 70000}, "source_config.shuffle_buffer: 70000 is above the maximum"),
     ({"url": "a.tar", "read_timeout_s": "5"}, "source_config.read_timeout_s: expected a number"),
 ])
 def test_bad_configs_raise_at_open(source: dict[str, Any], message: str) -> None:

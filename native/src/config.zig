@@ -6,6 +6,8 @@ const std = @import("std");
 const json = std.json;
 const Allocator = std.mem.Allocator;
 const braces = @import("sources/braces.zig");
+const gcs_listing = @import("sources/gcs_listing.zig");
+const shuffle_buffer = @import("sources/shuffle_buffer.zig");
 
 pub const SourceType = enum { file, webdataset, db };
 pub const EncodeFormat = enum { png, jpeg };
@@ -87,6 +89,9 @@ pub const WebDataset = struct {
     /// (sources/shard_cache.zig); null: no cache.
     cache_dir: ?[]const u8 = null,
     cache_max_bytes: u64 = cache_max_bytes_default,
+    /// Samples mixed by the shuffle buffer; null when the key is absent
+    /// (then sources/shuffle_buffer.zig picks by `random_sampling`).
+    shuffle_buffer: ?u32 = null,
 };
 
 /// 64 GiB: a few epochs of a mid-sized dataset per node, without filling a
@@ -385,8 +390,6 @@ const Parser = struct {
     fn webDataset(p: *Parser, object: json.ObjectMap) Error!WebDataset {
         const prefix = "source_config.";
         var wds: WebDataset = .{};
-        for ([_][]const u8{"shuffle_buffer"}) |key| if (object.get(key) != null)
-            return p.fail("source_config.{s}: not supported by this build of datago yet", .{key});
         wds.url = try p.optString(object, prefix, "url") orelse
             return p.fail("source_config.url: missing (a shard path or URL, brace patterns allowed: shards-{{000..009}}.tar)", .{});
         if (wds.url.len == 0) return p.fail("source_config.url: must not be empty", .{});
@@ -400,7 +403,12 @@ const Parser = struct {
         for (0..expansion.count()) |i| {
             const url = expansion.get(i);
             if (std.mem.indexOfScalar(u8, url, 0) != null) return p.fail("source_config.url: contains a NUL byte", .{});
-            if (std.mem.startsWith(u8, url, "gs://")) return p.fail("source_config.url: Google Cloud Storage listings are not supported by this build of datago yet ('{s}')", .{url});
+            if (std.mem.startsWith(u8, url, "gs://")) {
+                var listing: [256]u8 = undefined;
+                var w: std.Io.Writer = .fixed(&listing);
+                gcs_listing.writeListingUrlFor(wds.url, &w) catch {};
+                return p.fail("source_config.url: gs:// URLs are not read directly; give the JSON API listing URL instead, '{s}' (its .tar, .tar.gz and .tgz objects are read; auth_token for a private bucket)", .{w.buffered()});
+            }
         }
         if (try p.optString(object, prefix, "reference_image_type")) |t| {
             if (t.len == 0 or t.len > reference_image_type_bytes_max or t[0] == '.')
@@ -426,11 +434,16 @@ const Parser = struct {
         if (try p.optNumber(object, prefix, "read_timeout_s")) |t| wds.read_timeout_ms = try p.timeoutMs("read_timeout_s", t);
         if (try p.optNumber(object, prefix, "connect_timeout_s")) |t| wds.connect_timeout_ms = try p.timeoutMs("connect_timeout_s", t);
         try p.cacheKeys(object, &wds);
+        if (try p.optInt(u32, object, prefix, "shuffle_buffer")) |n| {
+            if (n > shuffle_buffer.items_max) return p.fail("source_config.shuffle_buffer: {d} is above the maximum {d} (held samples are encoded bytes in memory)", .{ n, shuffle_buffer.items_max });
+            wds.shuffle_buffer = n;
+        }
         try p.collectUnknown(object, prefix, &.{
             "url",                  "reference_image_type", "random_sampling", "seed",
             "rank",                 "world_size",           "concurrent_downloads", "max_concurrency",
             "auth_token",           "headers",              "ca_bundle",       "rank_split",
             "read_timeout_s",       "connect_timeout_s",    "cache_dir",       "cache_max_bytes",
+            "shuffle_buffer",
         });
         return wds;
     }
@@ -778,11 +791,14 @@ test "bad webdataset configs name the key" {
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"world_size\": 2}}", "source_config.rank: missing while world_size is 2");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"\"}}", "source_config.cache_dir: expected a folder path");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": 3}}", "source_config.cache_dir: expected a string");
-    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 10}}", "source_config.shuffle_buffer: not supported");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_max_bytes\": 10}}", "source_config.cache_max_bytes: set without cache_dir");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": 0}}", "source_config.cache_max_bytes: must be greater than 0");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": -1}}", "source_config.cache_max_bytes: -1 is out of range");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"cache_dir\": \"c\", \"cache_max_bytes\": 1e9}}", "source_config.cache_max_bytes: expected a non-negative integer");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": -1}}", "source_config.shuffle_buffer: -1 is out of range");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 1.5}}", "source_config.shuffle_buffer: expected a non-negative integer");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": \"10\"}}", "source_config.shuffle_buffer: expected a non-negative integer");
+    try expectInvalid(head ++ "{\"url\": \"a.tar\", \"shuffle_buffer\": 65537}}", "source_config.shuffle_buffer: 65537 is above the maximum 65536");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"rank_split\": \"rows\"}}", "source_config.rank_split: unknown split 'rows'");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"read_timeout_s\": 0}}", "source_config.read_timeout_s: must be between");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"connect_timeout_s\": \"1\"}}", "source_config.connect_timeout_s: expected a number");
@@ -791,5 +807,5 @@ test "bad webdataset configs name the key" {
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"headers\": {\"X Y\": \"a\"}}}", "source_config.headers.X Y: not a valid header name");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"auth_token\": \"a\\nb\"}}", "source_config.auth_token: contains a line break");
     try expectInvalid(head ++ "{\"url\": \"a.tar\", \"reference_image_type\": \".jpg\"}}", "source_config.reference_image_type: expected an extension");
-    try expectInvalid(head ++ "{\"url\": \"gs://bucket/x\"}}", "source_config.url: Google Cloud Storage listings are not supported");
+    try expectInvalid(head ++ "{\"url\": \"gs://bucket/x\"}}", "source_config.url: gs:// URLs are not read directly; give the JSON API listing URL instead, 'https://storage.googleapis.com/storage/v1/b/bucket/o?prefix=x'");
 }

@@ -52,6 +52,8 @@ test {
     _ = @import("sources/http.zig");
     _ = @import("sources/http_test.zig");
     _ = @import("sources/shard_cache.zig");
+    _ = @import("sources/gcs_listing.zig");
+    _ = @import("sources/shuffle_buffer.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
     _ = @import("decode/png_fast.zig");

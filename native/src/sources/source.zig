@@ -164,7 +164,7 @@ pub const Source = union(enum) {
     pub fn prepare(self: *Source, gpa: Allocator, io: Io, canceled: *const std.atomic.Value(bool), failure: *Failure) PrepareError!Prepared {
         return switch (self.*) {
             .file => |*s| s.prepare(gpa, io, canceled, failure),
-            .webdataset => |*s| s.prepare(gpa, failure),
+            .webdataset => |*s| s.prepare(gpa, io, canceled, failure),
             .test_stream => .{ .items = null },
         };
     }

@@ -1,7 +1,8 @@
 //! The WebDataset source (issue 17; compatibility.md §6.2, §7.2): a
 //! streaming source over tar shards named by a brace pattern.
 //!
-//! `prepare` expands the pattern (braces.zig) and plans this (rank,
+//! `prepare` expands the pattern (braces.zig), or reads the Google Cloud
+//! Storage listing it names (gcs_listing.zig), and plans this (rank,
 //! worker)'s shards (shard_split.zig). `stream`, on the pass's reader
 //! thread, walks them in plan order: local paths and `file://` through a
 //! file reader, `http://` and `https://` through http.zig (retries, Range
@@ -29,6 +30,10 @@
 //! With `cache_dir`, http(s) shards are read from and written to the shard
 //! cache (shard_cache.zig): a hit is read like a local file, a miss is teed
 //! into the cache while it streams.
+//!
+//! Items reach the stage through a `shuffle_buffer.Sink` on the reader
+//! thread, which mixes them across shards when `shuffle_buffer` (or
+//! `random_sampling`) asks for it.
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -37,11 +42,13 @@ const config_mod = @import("../config.zig");
 const log = @import("../log.zig");
 const runtime = @import("../runtime.zig");
 const braces = @import("braces.zig");
+const gcs_listing = @import("gcs_listing.zig");
 const http = @import("http.zig");
 const prefetch = @import("prefetch.zig");
 const shard_lanes = @import("shard_lanes.zig");
 const shard_cache = @import("shard_cache.zig");
 const shard_split = @import("shard_split.zig");
+const shuffle_buffer = @import("shuffle_buffer.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
 const wds_group = @import("wds_group.zig");
@@ -81,6 +88,7 @@ pub const WdsSource = struct {
     params: shard_split.Params,
     /// Shards read at once (shard_lanes.zig).
     concurrent_downloads: u16,
+    shuffle: shuffle_buffer.Params,
     urls: ?braces.Expansion = null,
     plan: ?shard_split.Plan = null,
     counts: Counts = .{},
@@ -157,6 +165,7 @@ pub const WdsSource = struct {
                 },
             },
             .concurrent_downloads = wds.concurrent_downloads,
+            .shuffle = shuffle_buffer.paramsFor(config, epoch),
             .described = described,
         };
     }
@@ -175,11 +184,17 @@ pub const WdsSource = struct {
         self.* = undefined;
     }
 
-    /// Expands the URL pattern and plans this (rank, worker)'s shards.
-    pub fn prepare(self: *WdsSource, gpa: Allocator, failure: *source.Failure) source.PrepareError!source.Prepared {
+    /// Expands the URL pattern (or lists the GCS listing it names) and
+    /// plans this (rank, worker)'s shards.
+    pub fn prepare(self: *WdsSource, gpa: Allocator, io: Io, canceled: *const std.atomic.Value(bool), failure: *source.Failure) source.PrepareError!source.Prepared {
         const started_ns = runtime.monotonicNs();
         var diag: braces.Diagnostics = .{};
-        var urls = braces.expand(gpa, self.pattern, &diag) catch |err| return switch (err) {
+        var urls = if (gcs_listing.isListingUrl(self.pattern)) try gcs_listing.list(gpa, io, .{
+            .url = self.pattern,
+            .options = self.options,
+            .ca_bundle = self.ca_bundle,
+            .canceled = canceled,
+        }, failure) else braces.expand(gpa, self.pattern, &diag) catch |err| return switch (err) {
             error.OutOfMemory => failure.set("out of memory while expanding source_config.url", .{}),
             else => failure.set("source_config.url: cannot be expanded ({s} at byte {d})", .{ @errorName(err), diag.offset }),
         };
@@ -215,7 +230,12 @@ pub const WdsSource = struct {
         // A stopped pass must not wait for a socket read to time out.
         stage.setInterrupt(.{ .context = &shared, .call = Shared.interrupt });
         defer stage.setInterrupt(null);
-        var output: Output = .{ .owner = self, .stage = stage };
+        var output: Output = .{
+            .stage = stage,
+            .shuffle = shuffle_buffer.Sink(WdsSource).init(gpa, self, self.shuffle) catch
+                return stage.fail("out of memory for the shuffle buffer", .{}),
+        };
+        defer output.shuffle.deinit();
         const lane_count = shard_lanes.laneCount(plan.shards.len, self.concurrent_downloads);
         const completed = if (lane_count == 1)
             readLane(&shared, .{ .output = &output }, 0, 1)
@@ -232,6 +252,7 @@ pub const WdsSource = struct {
             return stage.fail("every WebDataset shard failed ({d}); the first, '{s}': {s}", .{ failed, shared.first_failed_url, shared.first_failure.text() });
         }
         if (failed > 0) log.warn(.files, "WebDataset: {d} of {d} shards failed and were skipped", .{ failed, plan.shards.len });
+        output.shuffle.drain(stage) catch return;
         stage.finish();
     }
 
@@ -314,7 +335,8 @@ pub const WdsSource = struct {
         self.described_lock.store(false, .release);
     }
 
-    fn remember(self: *WdsSource, seq: u64, url: []const u8, key: []const u8) void {
+    /// Names item `seq` for `describeItem`; called as the item is put.
+    pub fn remember(self: *WdsSource, seq: u64, url: []const u8, key: []const u8) void {
         self.lockDescribed();
         defer self.unlockDescribed();
         const slot = &self.described[seq % self.described.len];
@@ -375,16 +397,15 @@ const Sink = union(enum) {
     }
 };
 
-/// The stage's side of the stream: every item enters the reader stage
-/// here, in delivery order.
+/// The stage's side of the stream, on the reader thread: every item enters
+/// the reader stage here, through the shuffle buffer, which remembers its
+/// shard and key under the sequence number it is put at.
 const Output = struct {
-    owner: *WdsSource,
     stage: *prefetch.Prefetch,
+    shuffle: shuffle_buffer.Sink(WdsSource),
 
     fn put(o: *Output, item: source.Item) error{Closed}!void {
-        // Only this thread puts: `put_seq` is this item's sequence number.
-        o.owner.remember(o.stage.put_seq, item.source_name, item.origin);
-        return o.stage.put(item);
+        return o.shuffle.put(o.stage, item, item.source_name, item.origin);
     }
 };
 
