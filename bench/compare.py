@@ -513,6 +513,9 @@ def run_ranks(
         result = run_worker(engine, python, corpus, cpus, options, settings.timeout_s)
         sent = server_delta(before, host.stats())
         ranks.append(RankRun(*head, result, bytes_sent=sent["bytes"], requests=sent["requests"]))
+    done = [rank for rank in ranks if rank.result["status"] == "ok"]
+    if len(done) == settings.world_size:  # kept in the last rank's result, which the JSON keeps
+        ranks[-1].result["split"] = split_check(done, corpus)
     return ranks
 
 
@@ -758,7 +761,7 @@ def table(runs: list[Run], corpora: dict[str, Corpus], ratio_to: str) -> list[st
             _attempts_note(run),
         ]))
         lines.append(
-            f"{head} {mine.images_per_s:.1f} | {mine.cpu_ms:.2f} ±{100 * mine.cpu_spread:.0f}% "
+            f"{head} {mine.images_per_s:.1f} | {mine.cpu_ms:.{3 if mine.cpu_ms < 1 else 2}f} ±{100 * mine.cpu_spread:.0f}% "
             f"| {mine.megapixels_per_cpu_s:.1f} | {mine.ttfs_ms:.0f} | {mine.rss_mb:.0f} "
             f"| {cpu_ratio} | {wall_ratio} | {tail} {note} |"
         )
@@ -816,7 +819,8 @@ def _server_note(run: Run, corpus: Corpus) -> str:
         return ""
     server, passes = run.server, len(run.result["passes"])
     where = "outside the measured CPUs" if run.cores < len(os.sched_getaffinity(0)) else "sharing the measured CPUs"
-    notes = [f"server {1000 * server['cpu_s'] / (passes * corpus.count):.2f} CPU ms/img, {where}"]
+    per_image_ms = 1000 * server["cpu_s"] / (passes * corpus.count)
+    notes = [f"server {per_image_ms:.{3 if per_image_ms < 0.1 else 2}f} CPU ms/img, {where}"]
     sent = server["bytes"] / (passes * server["shard_bytes"])
     if abs(sent - 1) > 0.001 or server["ranged"] or server["incomplete"]:
         notes.append(
@@ -870,7 +874,7 @@ def wds_target_checks(runs: list[Run], corpora: dict[str, Corpus], ranks: list[R
     return rows
 
 
-def rank_table(ranks: list[RankRun], shards: dict[str, Shards], corpora: dict[str, Corpus]) -> list[str]:
+def rank_table(ranks: list[RankRun], shards: dict[str, Shards]) -> list[str]:
     """Bytes the server sent each rank, as a share of the shard bytes, and the split's check."""
     lines = [
         "| set | engine | rank / world_size | samples | bytes sent | % of shard bytes | requests | note |",
@@ -882,18 +886,15 @@ def rank_table(ranks: list[RankRun], shards: dict[str, Shards], corpora: dict[st
             reason = rank.result["reason"].replace("|", "/")
             lines.append(f"{head} | | | | | {rank.result['status']}: {reason} |")
             continue
-        group = [r for r in ranks if (r.set, r.engine) == (rank.set, rank.engine) and r.result["status"] == "ok"]
-        note = ""
-        if rank is group[-1] and len(group) == rank.world_size:
-            note = split_check(group, corpora[rank.set])
         lines.append(
             f"{head} {len(rank.result['ids'])} | {rank.bytes_sent / 1e6:.1f} MB | {100 * rank_share(rank, shards):.1f}%"
-            f" | {rank.requests} | {note} |"
+            f" | {rank.requests} | {rank.result.get('split', '')} |"
         )
     return lines
 
 
 def split_check(group: list[RankRun], corpus: Corpus) -> str:
+    """Whether the ranks' sample ids are disjoint and make up the corpus."""
     ids = [sample_id for rank in group for sample_id in rank.result["ids"]]
     expected = {path.stem for path in corpus.root.iterdir()}
     duplicates, missing = len(ids) - len(set(ids)), len(expected - set(ids))
@@ -967,15 +968,27 @@ def markdown(settings: Settings, results: Results, meta: dict[str, Any], chart_n
         ]
     lines += ["", *table(runs, by_name, settings.ratio_to), ""]
     if results.ranks:
-        lines += ["## Bytes per rank (HTTP)", "", *rank_table(results.ranks, results.shards, by_name), ""]
+        lines += ["## Bytes per rank (HTTP)", "", *rank_table(results.ranks, results.shards), ""]
     checks = [] if settings.suite == "wds" else target_checks([r for r in runs if r.source == "file"], by_name)
     checks += wds_target_checks(runs, by_name, results.ranks, results.shards)
     if checks:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|", *checks, ""]
     lines += [f"- {engine}: {info}" for engine, info in versions(runs).items()]
-    notes = [*failure_notes(runs), *not_run_notes(settings), chart_note]
+    notes = [*failure_notes(runs), *not_run_notes(settings), busy_note(settings, runs, meta), chart_note]
     lines += [f"- {note}" for note in notes if note]
     return "\n".join(lines) + "\n"
+
+
+def busy_note(settings: Settings, runs: list[Run], meta: dict[str, Any]) -> str:
+    """A warning when runs stayed above --max-others after their retries."""
+    busy = [run.others_share for run in runs if run.others_share is not None and run.others_share > settings.max_others]
+    if not busy:
+        return ""
+    return (
+        f"{len(busy)} of {len(runs)} runs stayed above --max-others {100 * settings.max_others:.0f}% after their retries"
+        f" (up to {100 * max(busy):.0f}%): other processes shared these {meta['cpus_usable']} CPUs; trust CPU ms/img"
+        " (and 1-core rows) over img/s"
+    )
 
 
 def not_run_notes(settings: Settings) -> list[str]:
