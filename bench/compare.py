@@ -5,6 +5,7 @@
     python bench/compare.py --quick               # small corpora: a smoke run of a few minutes
     python bench/compare.py --engines reference,pil,pil-loop,ceiling \
         --sets jpeg1mp --workloads decode,bucket512 --cores 1,2
+    python bench/compare.py --suite wds           # WebDataset shards: local and over loopback HTTP
 
 Engines (each in a fresh process, `_worker.py`):
   ours       `import datago` with this interpreter (or --ours-python) and the repository root
@@ -40,6 +41,27 @@ Method:
 - Image sizes (H x W) are compared with the reference's; a difference is noted in the row.
 - Output: markdown on stdout and in bench/results/NAME.md, raw numbers in NAME.json, a bar
   chart in NAME.png (needs matplotlib).
+
+Sources (--sources, or --suite wds):
+  file       the corpus folder (`source_type: file`)
+  wds-local  WebDataset shards of the same images on local disk: ours only (the reference
+             reads only http(s) URLs, docs/compatibility.md §7.2)
+  wds-http   the same shards from a loopback HTTP/1.1 server (_shard_server.py: keep-alive,
+             Range, sendfile) that runs in its own process, pinned with `taskset -a` to the CPUs
+             outside the measured set when there are any (none for a 2-core run on a 2-CPU
+             machine). Its CPU is never part of an engine's process CPU, and it is not counted
+             in "others" when it shares the measured CPUs; the note gives it per image.
+- Shards: `<set>-{0..7}.tar` built on demand with `tarfile` next to the corpus
+  (`corpora/n<count>/<set>-wds/`), deterministic: sorted files in 8 contiguous runs, members
+  `<stem>.<ext>` with fixed metadata. Both datago engines get `concurrent_downloads`
+  (--concurrent-downloads, 8: the reference's default) and limit = corpus size, so the
+  reference's `limit + 1` over-delivery (§7.2) cannot happen, as with the file source; a pass
+  must still deliver exactly the corpus size. The server's log checks that each run moved
+  passes x the shard bytes (a retried or resumed shard shows as a note).
+- Bytes per rank: with wds-http, each datago engine also reads the shards once as rank 0 and
+  rank 1 of world_size 2 (--world-size), pinned like the largest --cores; the report gives
+  the body bytes the server sent each rank as a share of all shard bytes, and checks that
+  the ranks' sample ids are disjoint and complete.
 """
 
 from __future__ import annotations
@@ -54,8 +76,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -103,6 +127,12 @@ TARGET_PAIRS = [
     ("jpeg4mp", "bucket1024"), ("jpegvar", "bucket512"), ("png1mp", "decode"), ("tiny64", "decode"),
 ]
 DEFAULT_WORKLOADS = "decode,bucket512"
+SOURCES = ["file", "wds-local", "wds-http"]
+WDS_SOURCES = {"wds-local", "wds-http"}
+# `--suite wds`: the WebDataset rows, ours against its file source and the reference over HTTP.
+WDS_PAIRS = [("jpeg1mp", "decode"), ("jpeg1mp", "bucket512"), ("tiny64", "decode")]
+WDS_SHARDS = 8
+SHARD_SERVER = BENCH_DIR / "_shard_server.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +154,24 @@ class Settings:
     shared: Path
     results: Path
     name: str
+    sources: list[str] = dataclasses.field(default_factory=lambda: ["file"])
+    suite: str | None = None
+    concurrent_downloads: int = 8
+    world_size: int = 2  # rank runs with wds-http; 0: none
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+    """A corpus as WebDataset shards, `<set>-{0..n-1}.tar` in `folder`."""
+
+    name: str
+    folder: Path
+    paths: list[Path]
+    image_type: str
+    total_bytes: int
+
+    def pattern(self, base: str) -> str:
+        return f"{base}/{self.name}-{{0..{len(self.paths) - 1}}}.tar"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,14 +197,33 @@ class Run:
     others_share: float | None  # see OthersMeter; None when no worker ran
     result: dict[str, Any]
     attempts: int = 1
+    source: str = "file"
+    server: dict[str, Any] | None = None  # wds-http: what the shard server did during the run
 
     @property
     def ok(self) -> bool:
         return self.result["status"] == "ok"
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return self.set, self.workload, self.cores
+    def key(self) -> tuple[str, str, int, str]:
+        return self.set, self.workload, self.cores, self.source
+
+    @property
+    def label(self) -> str:
+        return self.engine if self.source == "file" else f"{self.engine} {self.source}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankRun:
+    """One datago engine reading the shards over HTTP as `rank` of `world_size`."""
+
+    set: str
+    engine: str
+    rank: int
+    world_size: int
+    result: dict[str, Any]
+    bytes_sent: int = 0
+    requests: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +273,109 @@ def _corpus_complete(root: Path, manifest_path: Path, count: int) -> bool:
     return manifest["count"] == count and sum(1 for _ in root.iterdir()) == count
 
 
-def warm_page_cache(corpus: Corpus) -> None:
-    for path in corpus.root.iterdir():
+def warm_page_cache(corpus: Corpus, shards: Shards | None = None) -> None:
+    for path in [*corpus.root.iterdir(), *(shards.paths if shards else [])]:
         path.read_bytes()
+
+
+def ensure_shards(corpus: Corpus) -> Shards:
+    """`corpus` as WDS_SHARDS tar shards next to it, built unless the manifest matches.
+
+    Deterministic: the sorted files in contiguous runs, members named as the files
+    (`<key>.<ext>`), fixed metadata, USTAR headers."""
+    files = sorted(path for path in corpus.root.iterdir() if path.is_file())
+    suffixes = {path.suffix for path in files}
+    if len(suffixes) != 1:
+        raise SystemExit(f"{corpus.name}: WebDataset shards need one image suffix, found {sorted(suffixes)}")
+    folder = corpus.root.parent / f"{corpus.name}-wds"
+    per_shard = -(-len(files) // WDS_SHARDS)
+    groups = [files[start:start + per_shard] for start in range(0, len(files), per_shard)]
+    paths = [folder / f"{corpus.name}-{index}.tar" for index in range(len(groups))]
+    plan = {"shards": [path.name for path in paths], "members": [[f.name for f in group] for group in groups]}
+    manifest = folder / "shards.json"
+    built = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if built.get("plan") != plan or any(
+        not path.is_file() or path.stat().st_size != size for path, size in zip(paths, built.get("sizes", []), strict=False)
+    ) or len(built.get("sizes", [])) != len(paths):
+        print(f"building {len(paths)} WebDataset shards of {corpus.name} in {folder}", file=sys.stderr)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, group in zip(paths, groups, strict=True):
+            _write_shard(path, group)
+        manifest.write_text(json.dumps({"plan": plan, "sizes": [path.stat().st_size for path in paths]}))
+    return Shards(
+        name=corpus.name,
+        folder=folder,
+        paths=paths,
+        image_type=suffixes.pop().lstrip("."),
+        total_bytes=sum(path.stat().st_size for path in paths),
+    )
+
+
+def _write_shard(path: Path, files: list[Path]) -> None:
+    part = path.with_name(path.name + ".part")
+    with tarfile.open(part, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for file in files:
+            info = tarfile.TarInfo(file.name)
+            info.size = file.stat().st_size
+            info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 1_700_000_000, 0o644, 0, 0, "", ""
+            with file.open("rb") as data:
+                archive.addfile(info, data)
+    part.replace(path)
+
+
+class ShardHost:
+    """_shard_server.py in its own process, serving the shard folders on 127.0.0.1."""
+
+    def __init__(self, folders: list[Path], log: Path) -> None:
+        roots = [part for folder in folders for part in ("--root", str(folder))]
+        command = [sys.executable, str(SHARD_SERVER), *roots, "--log", str(log)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().strip()
+        if not port.isdigit():
+            self.process.kill()
+            raise RuntimeError(f"the shard server did not start: {port!r}")
+        self.base = f"http://127.0.0.1:{port}"
+        self.cpus = sorted(os.sched_getaffinity(0))
+
+    def pin_away_from(self, measured: list[int]) -> None:
+        """Pins every server thread to the CPUs outside `measured`, or to all when none is."""
+        usable = sorted(os.sched_getaffinity(0))
+        self.cpus = [cpu for cpu in usable if cpu not in measured] or usable
+        cpus = ",".join(map(str, self.cpus))
+        subprocess.run(["taskset", "-a", "-pc", cpus, str(self.process.pid)], check=True, capture_output=True)
+
+    def stats(self, settle_s: float = 5.0) -> dict[str, Any]:
+        """Bytes and requests per path so far, once no response is in flight (or after settle_s)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            with urllib.request.urlopen(f"{self.base}/_stats", timeout=10) as response:
+                stats = json.loads(response.read())
+            if stats["in_flight"] == 0 or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.05)
+
+    def cpu_s(self) -> float:
+        """User + system CPU of the server process (all threads), from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def server_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """What the server did between two /_stats answers, summed over paths."""
+
+    def total(stats: dict[str, Any], what: str) -> int:
+        value = stats[what]
+        return sum(value.values()) if isinstance(value, dict) else value
+
+    return {what: total(after, what) - total(before, what) for what in ("bytes", "requests", "ranged", "incomplete")}
 
 
 def ensure_reference_python(cache: Path) -> Path:
@@ -254,41 +421,107 @@ def interpreters(settings: Settings) -> dict[str, Path | str]:
 # Running
 
 
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """The source a run reads: the folder, or its shards on disk or from the server."""
+
+    source: str = "file"
+    shards: Shards | None = None
+    host: ShardHost | None = None
+
+    def worker_options(self, settings: Settings) -> dict[str, Any]:
+        if self.source == "file":
+            return {}
+        assert self.shards is not None
+        base = str(self.shards.folder) if self.source == "wds-local" else self.host.base  # type: ignore[union-attr]
+        return {
+            "url": self.shards.pattern(base),
+            "image-type": self.shards.image_type,
+            "concurrent-downloads": settings.concurrent_downloads,
+        }
+
+
 def run_engine(
-    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int
+    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int,
+    where: Where = Where(),
 ) -> Run:
     load_1m = os.getloadavg()[0]
+    head = (corpus.name, workload, cores, engine, load_1m)
     if isinstance(python, str):
-        return Run(corpus.name, workload, cores, engine, load_1m, None, _error(python))
+        return Run(*head, None, _error(python), source=where.source)
     if engine in SINGLE_THREADED and cores > 1:
         skip = {"status": "skipped", "reason": "single-threaded: its 1-core row is its figure"}
-        return Run(corpus.name, workload, cores, engine, load_1m, None, skip)
+        return Run(*head, None, skip, source=where.source)
     cpus = sorted(os.sched_getaffinity(0))[:cores]
+    host = where.host if where.source == "wds-http" else None
+    if host is not None:
+        host.pin_away_from(cpus)
+        before, server_cpu_s = host.stats(), host.cpu_s()
+    # The server's CPU on the measured CPUs is known: it is not "others".
+    meter = OthersMeter(cpus, host.process.pid if host is not None and set(host.cpus) & set(cpus) else None)
+    options = {
+        "image-config": json.dumps(WORKLOADS[workload]),
+        "cores": cores,
+        "passes": settings.passes,
+        "loader-workers": settings.loader_workers,
+        **where.worker_options(settings),
+    }
+    result = run_worker(engine, python, corpus, cpus, options, settings.timeout_s)
+    others = meter.others_share()
+    server = None
+    if host is not None:
+        server = server_delta(before, host.stats())
+        shard_bytes = where.shards.total_bytes  # type: ignore[union-attr]
+        server.update(cpu_s=host.cpu_s() - server_cpu_s, cpus=host.cpus, shard_bytes=shard_bytes)
+    return Run(*head, others, result, source=where.source, server=server)
+
+
+def run_worker(
+    engine: str, python: Path, corpus: Corpus, cpus: list[int], options: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """One _worker.py process for `engine`, pinned to `cpus`, over `corpus`."""
     env = dict(os.environ)
     if ENGINE_WORKERS[engine] == "datago":
-        env["DATAGO_MAX_TASKS"] = str(cores)
+        env["DATAGO_MAX_TASKS"] = str(len(cpus))
     if engine == "ours":  # this checkout's package, built in place or installed editable
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
-    meter = OthersMeter(cpus)
     with tempfile.TemporaryDirectory(prefix="datago-bench-") as scratch:
         out = Path(scratch) / "result.json"
-        options = {
-            "engine": ENGINE_WORKERS[engine],
-            "root": corpus.root,
-            "count": corpus.count,
-            "image-config": json.dumps(WORKLOADS[workload]),
-            "cores": cores,
-            "passes": settings.passes,
-            "loader-workers": settings.loader_workers,
-            "out": out,
-        }
+        options = {"engine": ENGINE_WORKERS[engine], "root": corpus.root, "count": corpus.count, **options, "out": out}
         pinned = ["taskset", "-c", ",".join(map(str, cpus)), str(python), str(WORKER)]
-        result = _run_worker([*pinned, *_flags(options)], env, out, settings.timeout_s)
-    return Run(corpus.name, workload, cores, engine, load_1m, meter.others_share(), result)
+        return _run_worker([*pinned, *_flags(options)], env, out, timeout_s)
+
+
+def run_ranks(
+    settings: Settings, engine: str, python: Path | str, corpus: Corpus, where: Where
+) -> list[RankRun]:
+    """Each rank of world_size reads the shards over HTTP once; the server counts its bytes."""
+    host, ranks = where.host, []
+    assert host is not None
+    cpus = sorted(os.sched_getaffinity(0))[: max(settings.cores)]
+    for rank in range(settings.world_size):
+        head = (corpus.name, engine, rank, settings.world_size)
+        if isinstance(python, str):
+            ranks.append(RankRun(*head, _error(python)))
+            continue
+        host.pin_away_from(cpus)
+        before = host.stats()
+        options = {
+            "cores": len(cpus), "passes": 1, **where.worker_options(settings),
+            "rank": rank, "world-size": settings.world_size, "any-count": "",
+        }
+        result = run_worker(engine, python, corpus, cpus, options, settings.timeout_s)
+        sent = server_delta(before, host.stats())
+        ranks.append(RankRun(*head, result, bytes_sent=sent["bytes"], requests=sent["requests"]))
+    done = [rank for rank in ranks if rank.result["status"] == "ok"]
+    if len(done) == settings.world_size:  # kept in the last rank's result, which the JSON keeps
+        ranks[-1].result["split"] = split_check(done, corpus)
+    return ranks
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    """`--key value` per option; an empty string value is a bare `--key` switch."""
+    return [part for key, value in options.items() for part in (f"--{key}", str(value)) if part != ""]
 
 
 def _run_worker(
@@ -312,11 +545,13 @@ class OthersMeter:
     """Share of the pinned CPUs' time used by anything but our worker, from /proc/stat.
 
     Busy time of those CPUs minus the CPU of our reaped children (the worker and its
-    DataLoader processes), over wall time x CPUs. High values mean a contaminated row.
+    DataLoader processes) and of `also_ours` (the shard server when it shares those CPUs),
+    over wall time x CPUs. High values mean a contaminated row.
     """
 
-    def __init__(self, cpus: list[int]) -> None:
+    def __init__(self, cpus: list[int], also_ours: int | None = None) -> None:
         self.cpus = {f"cpu{cpu}" for cpu in cpus}
+        self.also_ours = also_ours  # a process (the shard server) whose CPU is not "others"
         self._start = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
@@ -328,7 +563,11 @@ class OthersMeter:
                 busy_ticks += user + nice + system + irq + softirq + steal
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         ticks_per_s = os.sysconf("SC_CLK_TCK")
-        return time.monotonic(), busy_ticks / ticks_per_s, children.ru_utime + children.ru_stime
+        ours_s = children.ru_utime + children.ru_stime
+        if self.also_ours is not None:
+            fields = Path(f"/proc/{self.also_ours}/stat").read_text().rsplit(")", 1)[1].split()
+            ours_s += (int(fields[11]) + int(fields[12])) / ticks_per_s
+        return time.monotonic(), busy_ticks / ticks_per_s, ours_s
 
     def others_share(self) -> float:
         wall_s, busy_s, ours_s = (
@@ -342,45 +581,91 @@ def _error(reason: str) -> dict[str, Any]:
 
 
 def run_settled(
-    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int
+    settings: Settings, engine: str, python: Path | str, corpus: Corpus, workload: str, cores: int,
+    where: Where = Where(),
 ) -> Run:
     """Run, and rerun up to `retries` times while other processes took over `max_others` of
     the pinned CPUs; keep the least disturbed attempt."""
-    best = run_engine(settings, engine, python, corpus, workload, cores)
+    best = run_engine(settings, engine, python, corpus, workload, cores, where)
     for attempt in range(2, settings.retries + 2):
         if not best.ok or best.others_share is None or best.others_share <= settings.max_others:
             break
         print(
-            f"{corpus.name} {workload} {cores}c {engine}: others used "
+            f"{corpus.name} {workload} {cores}c {engine} {where.source}: others used "
             f"{100 * best.others_share:.0f}% of the CPUs; rerunning in {RETRY_WAIT_S} s",
             file=sys.stderr,
         )
         time.sleep(RETRY_WAIT_S)  # let a passing build or test run finish
-        again = run_engine(settings, engine, python, corpus, workload, cores)
+        again = run_engine(settings, engine, python, corpus, workload, cores, where)
         if again.ok and again.others_share is not None and again.others_share < best.others_share:
             best = again
         best = dataclasses.replace(best, attempts=attempt)
     return best
 
 
-def run_all(settings: Settings) -> tuple[list[Corpus], list[Run]]:
+def engines_for(settings: Settings, source: str) -> list[str]:
+    """The engines that read `source`: the datago engines read shards (the reference only
+    over HTTP); in the wds suite the file source is ours' baseline only."""
+    if source == "file":
+        return ["ours"] if settings.suite == "wds" and "ours" in settings.engines else settings.engines
+    readers = {"ours"} if source == "wds-local" else {"ours", "reference"}
+    return [engine for engine in settings.engines if engine in readers]
+
+
+@dataclasses.dataclass
+class Results:
+    corpora: list[Corpus]
+    runs: list[Run]
+    ranks: list[RankRun] = dataclasses.field(default_factory=list)
+    shards: dict[str, Shards] = dataclasses.field(default_factory=dict)
+
+
+def run_all(settings: Settings) -> Results:
     pythons = interpreters(settings)
     corpora = [ensure_corpus(settings, set_name) for set_name in settings.sets]
-    runs: list[Run] = []
-    total = len(settings.pairs) * len(settings.cores) * len(settings.engines)
-    for corpus in corpora:
-        warm_page_cache(corpus)
-        for workload in [w for s, w in settings.pairs if s == corpus.name]:
-            for cores in settings.cores:
-                for engine in settings.engines:
-                    run = run_settled(settings, engine, pythons[engine], corpus, workload, cores)
-                    runs.append(run)
-                    print(f"[{len(runs)}/{total}] {_progress(run, corpus)}", file=sys.stderr)
-    return corpora, runs
+    wds = WDS_SOURCES & set(settings.sources)
+    shards = {corpus.name: ensure_shards(corpus) for corpus in corpora} if wds else {}
+    out = Results(corpora, [], [], shards)
+    plan = [
+        (corpus, workload, cores, source, engine)
+        for corpus in corpora
+        for workload in [w for s, w in settings.pairs if s == corpus.name]
+        for cores in settings.cores
+        for source in settings.sources
+        for engine in engines_for(settings, source)
+    ]
+    host = None
+    if "wds-http" in settings.sources:
+        log = settings.cache / "shard-server.log"
+        log.unlink(missing_ok=True)
+        host = ShardHost(sorted({s.folder for s in shards.values()}), log)
+    try:
+        for corpus in corpora:
+            warm_page_cache(corpus, shards.get(corpus.name))
+            for _, workload, cores, source, engine in [p for p in plan if p[0] is corpus]:
+                where = Where(source, shards.get(corpus.name), host)
+                run = run_settled(settings, engine, pythons[engine], corpus, workload, cores, where)
+                out.runs.append(run)
+                print(f"[{len(out.runs)}/{len(plan)}] {_progress(run, corpus)}", file=sys.stderr)
+            if host is not None and settings.world_size > 1:
+                for engine in engines_for(settings, "wds-http"):
+                    ranks = run_ranks(settings, engine, pythons[engine], corpus, Where("wds-http", shards[corpus.name], host))
+                    out.ranks += ranks
+                    for rank in ranks:
+                        share = rank.result.get("reason") or f"{rank_share(rank, shards):.0%} of the shard bytes"
+                        print(f"{corpus.name} {engine} rank {rank.rank}/{rank.world_size}: {share}", file=sys.stderr)
+    finally:
+        if host is not None:
+            host.stop()
+    return out
+
+
+def rank_share(rank: RankRun, shards: dict[str, Shards]) -> float:
+    return rank.bytes_sent / shards[rank.set].total_bytes
 
 
 def _progress(run: Run, corpus: Corpus) -> str:
-    head = f"{run.set} {run.workload} {run.cores}c {run.engine}:"
+    head = f"{run.set} {run.workload} {run.cores}c {run.label}:"
     if not run.ok:
         return f"{head} {run.result['status']}: {run.result['reason']}"
     figures = compute_figures(run, corpus)
@@ -412,15 +697,15 @@ def size_mismatches(runs: list[Run]) -> dict[int, str]:
     DCT-scaled sizes are not bucket sizes, so it is only compared on `decode`.
     """
     notes = {}
-    for key in dict.fromkeys(run.key for run in runs):
-        group = [run for run in runs if run.key == key and run.ok]
+    for key in dict.fromkeys(run.key[:3] for run in runs):  # every source of (set, workload, cores)
+        group = [run for run in runs if run.key[:3] == key and run.ok]
         if key[1] != "decode":
             group = [run for run in group if run.engine != "ceiling"]
         group.sort(key=lambda run: run.engine != "reference")
         for run in group[1:]:
             differing = sum((_sizes(run) - _sizes(group[0])).values())
             if differing:
-                notes[id(run)] = f"sizes differ from {group[0].engine} for {differing} images"
+                notes[id(run)] = f"sizes differ from {group[0].label} for {differing} images"
     return notes
 
 
@@ -430,7 +715,8 @@ def failure_notes(runs: list[Run]) -> list[str]:
     for run in runs:
         if not run.ok:
             what = (run.engine, run.result["status"], run.result["reason"])
-            places.setdefault(what, []).append(f"{run.set}/{run.workload}/{run.cores}c")
+            where = "" if run.source == "file" else f"/{run.source}"
+            places.setdefault(what, []).append(f"{run.set}/{run.workload}/{run.cores}c{where}")
     return [
         f"{engine} {status} in {', '.join(where)}: {reason}"
         for (engine, status, reason), where in places.items()
@@ -445,16 +731,19 @@ def _sizes(run: Run) -> Counter[str]:
 
 
 def table(runs: list[Run], corpora: dict[str, Corpus], ratio_to: str) -> list[str]:
+    """One row per run; a `source` column when some run read shards."""
+    sourced = any(run.source != "file" for run in runs)
     columns = (
-        "set | workload | cores | engine | img/s | CPU ms/img | MP/s/core | TTFS ms | peak RSS MB"
-        f" | {ratio_to} speed-up CPU | {ratio_to} speed-up wall | load | others | note"
+        f"set | workload | cores | {'source | ' if sourced else ''}engine | img/s | CPU ms/img | MP/s/core | TTFS ms"
+        f" | peak RSS MB | {ratio_to} speed-up CPU | {ratio_to} speed-up wall | load | others | note"
     )
     lines = [f"| {columns} |", "|" + "---|" * (columns.count("|") + 1)]
     figures = {id(run): compute_figures(run, corpora[run.set]) for run in runs if run.ok}
     bases = {run.key: figures[id(run)] for run in runs if run.ok and run.engine == ratio_to}
     mismatches = size_mismatches(runs)
     for run in runs:
-        head = f"| {run.set} | {run.workload} | {run.cores} | {run.engine} |"
+        source = f" {run.source} |" if sourced else ""
+        head = f"| {run.set} | {run.workload} | {run.cores} |{source} {run.engine} |"
         others = "" if run.others_share is None else f"{100 * run.others_share:.0f}%"
         tail = f"{run.load_1m:.2f} | {others} |"
         if not run.ok:
@@ -464,9 +753,15 @@ def table(runs: list[Run], corpora: dict[str, Corpus], ratio_to: str) -> list[st
         mine, base = figures[id(run)], bases.get(run.key)
         cpu_ratio = f"{mine.cpu_ms / base.cpu_ms:.2f}x" if base else "–"
         wall_ratio = f"{base.images_per_s / mine.images_per_s:.2f}x" if base else "–"
-        note = "; ".join(filter(None, [mismatches.get(id(run)), _attempts_note(run)]))
+        file_base = bases.get((*run.key[:3], "file")) if run.source != "file" and run.engine == ratio_to else None
+        note = "; ".join(filter(None, [
+            f"CPU {mine.cpu_ms / file_base.cpu_ms:.2f}x {ratio_to} file" if file_base else "",
+            _server_note(run, corpora[run.set]),
+            mismatches.get(id(run)),
+            _attempts_note(run),
+        ]))
         lines.append(
-            f"{head} {mine.images_per_s:.1f} | {mine.cpu_ms:.2f} ±{100 * mine.cpu_spread:.0f}% "
+            f"{head} {mine.images_per_s:.1f} | {mine.cpu_ms:.{3 if mine.cpu_ms < 1 else 2}f} ±{100 * mine.cpu_spread:.0f}% "
             f"| {mine.megapixels_per_cpu_s:.1f} | {mine.ttfs_ms:.0f} | {mine.rss_mb:.0f} "
             f"| {cpu_ratio} | {wall_ratio} | {tail} {note} |"
         )
@@ -518,6 +813,96 @@ def target_checks(runs: list[Run], corpora: dict[str, Corpus]) -> list[str]:
     return rows
 
 
+def _server_note(run: Run, corpus: Corpus) -> str:
+    """The shard server's CPU per image, and what it sent when that was not passes x the shards."""
+    if run.server is None:
+        return ""
+    server, passes = run.server, len(run.result["passes"])
+    where = "outside the measured CPUs" if run.cores < len(os.sched_getaffinity(0)) else "sharing the measured CPUs"
+    per_image_ms = 1000 * server["cpu_s"] / (passes * corpus.count)
+    notes = [f"server {per_image_ms:.{3 if per_image_ms < 0.1 else 2}f} CPU ms/img, {where}"]
+    sent = server["bytes"] / (passes * server["shard_bytes"])
+    if abs(sent - 1) > 0.001 or server["ranged"] or server["incomplete"]:
+        notes.append(
+            f"server sent {100 * sent:.1f}% of passes x shard bytes in {server['requests']} requests"
+            f" ({server['ranged']} ranged, {server['incomplete']} cut)"
+        )
+    return "; ".join(notes)
+
+
+def wds_target_checks(runs: list[Run], corpora: dict[str, Corpus], ranks: list[RankRun], shards: dict[str, Shards]) -> list[str]:
+    """The WebDataset targets, from the runs present: CPU per image against the reference over
+    HTTP, samples/s on tiny64, ours on local shards against ours on the folder, bytes per rank."""
+    figures = {(*r.key, r.engine): compute_figures(r, corpora[r.set]) for r in runs if r.ok}
+    rows = []
+
+    def row(label: str, value: float | None, met: bool | None, unit: str = "x") -> None:
+        if value is not None:
+            rows.append(f"| {label} | {value:.2f}{unit} | {'–' if met is None else 'yes' if met else 'no'} |")
+
+    cores_list = sorted({r.cores for r in runs})
+    for cores in cores_list:
+        plural = "s" * (cores > 1)
+        for set_name, workload in [("jpeg1mp", "decode"), ("jpeg1mp", "bucket512")]:
+            ours = figures.get((set_name, workload, cores, "wds-http", "ours"))
+            ref = figures.get((set_name, workload, cores, "wds-http", "reference"))
+            if ours and ref:
+                value = ref.cpu_ms / ours.cpu_ms
+                label = f"{set_name} {workload} over HTTP, CPU/img: reference / ours >= 1.8 ({cores} core{plural})"
+                row(label, value, value >= 1.8)
+        ours = figures.get(("tiny64", "decode", cores, "wds-http", "ours"))
+        ref = figures.get(("tiny64", "decode", cores, "wds-http", "reference"))
+        if ours and ref:
+            value = ours.images_per_s / ref.images_per_s
+            row(f"tiny64 over HTTP, samples/s: ours / reference >= 1.5 ({cores} core{plural})", value, value >= 1.5)
+        for set_name, workload in WDS_PAIRS:
+            local = figures.get((set_name, workload, cores, "wds-local", "ours"))
+            folder = figures.get((set_name, workload, cores, "file", "ours"))
+            if local and folder:
+                value = local.cpu_ms / folder.cpu_ms
+                label = f"{set_name} {workload}, CPU/img: ours local shards / ours folder <= 1.1 ({cores} core{plural})"
+                row(label, value, value <= 1.1)
+    for engine in dict.fromkeys(rank.engine for rank in ranks):
+        mine = [rank for rank in ranks if rank.engine == engine and rank.result["status"] == "ok"]
+        for set_name in dict.fromkeys(rank.set for rank in mine):
+            shares = [rank_share(rank, shards) for rank in mine if rank.set == set_name]
+            world = mine[0].world_size
+            goal = 1 / world + 0.1
+            label = f"{set_name} bytes per rank (world_size {world}, largest rank), {engine}"
+            label += f": <= {100 * goal:.0f}% of the shard bytes" if engine == "ours" else " (the reference reads every shard)"
+            row(label, 100 * max(shares), max(shares) <= goal if engine == "ours" else None, "%")
+    return rows
+
+
+def rank_table(ranks: list[RankRun], shards: dict[str, Shards]) -> list[str]:
+    """Bytes the server sent each rank, as a share of the shard bytes, and the split's check."""
+    lines = [
+        "| set | engine | rank / world_size | samples | bytes sent | % of shard bytes | requests | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rank in ranks:
+        head = f"| {rank.set} | {rank.engine} | {rank.rank} / {rank.world_size} |"
+        if rank.result["status"] != "ok":
+            reason = rank.result["reason"].replace("|", "/")
+            lines.append(f"{head} | | | | | {rank.result['status']}: {reason} |")
+            continue
+        lines.append(
+            f"{head} {len(rank.result['ids'])} | {rank.bytes_sent / 1e6:.1f} MB | {100 * rank_share(rank, shards):.1f}%"
+            f" | {rank.requests} | {rank.result.get('split', '')} |"
+        )
+    return lines
+
+
+def split_check(group: list[RankRun], corpus: Corpus) -> str:
+    """Whether the ranks' sample ids are disjoint and make up the corpus."""
+    ids = [sample_id for rank in group for sample_id in rank.result["ids"]]
+    expected = {path.stem for path in corpus.root.iterdir()}
+    duplicates, missing = len(ids) - len(set(ids)), len(expected - set(ids))
+    if duplicates or missing or set(ids) - expected:
+        return f"ranks: {duplicates} duplicate ids, {missing} missing, {len(set(ids) - expected)} unknown"
+    return f"ranks disjoint, union = the {corpus.count} samples"
+
+
 def _attempts_note(run: Run) -> str:
     return f"least disturbed of {run.attempts} tries" if run.attempts > 1 else ""
 
@@ -554,13 +939,8 @@ def versions(runs: list[Run]) -> dict[str, dict[str, str]]:
     return found
 
 
-def markdown(
-    settings: Settings,
-    corpora: list[Corpus],
-    runs: list[Run],
-    meta: dict[str, Any],
-    chart_note: str,
-) -> str:
+def markdown(settings: Settings, results: Results, meta: dict[str, Any], chart_note: str) -> str:
+    corpora, runs = results.corpora, results.runs
     by_name = {corpus.name: corpus for corpus in corpora}
     lines = [
         f"# datago benchmark {settings.name}",
@@ -576,14 +956,51 @@ def markdown(
     lines += [
         f"| {c.name} | {c.count} | {c.mean_megapixels:.3f} | {c.encoded_mb:.1f} |" for c in corpora
     ]
+    if results.shards:
+        lines += ["", "WebDataset shards (`tarfile`, `<key>.<ext>` members): " + ", ".join(
+            f"{s.name} {len(s.paths)} x {s.total_bytes / len(s.paths) / 1e6:.1f} MB" for s in results.shards.values()
+        ) + f"; concurrent_downloads {settings.concurrent_downloads} for both engines."]
+    if "wds-http" in settings.sources:
+        lines += [
+            "wds-http: a loopback HTTP/1.1 server (bench/_shard_server.py, sendfile) in its own process, pinned"
+            " to the CPUs outside the measured ones when there are any; with as many cores as the machine has, it"
+            " shares them. Its CPU is never in an engine's CPU ms/img, and not in \"others\"; the note gives it.",
+        ]
     lines += ["", *table(runs, by_name, settings.ratio_to), ""]
-    checks = target_checks(runs, by_name)
+    if results.ranks:
+        lines += ["## Bytes per rank (HTTP)", "", *rank_table(results.ranks, results.shards), ""]
+    checks = [] if settings.suite == "wds" else target_checks([r for r in runs if r.source == "file"], by_name)
+    checks += wds_target_checks(runs, by_name, results.ranks, results.shards)
     if checks:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|", *checks, ""]
     lines += [f"- {engine}: {info}" for engine, info in versions(runs).items()]
-    notes = [*failure_notes(runs), chart_note]
+    notes = [*failure_notes(runs), *not_run_notes(settings), busy_note(settings, runs, meta), chart_note]
     lines += [f"- {note}" for note in notes if note]
     return "\n".join(lines) + "\n"
+
+
+def busy_note(settings: Settings, runs: list[Run], meta: dict[str, Any]) -> str:
+    """A warning when runs stayed above --max-others after their retries."""
+    busy = [run.others_share for run in runs if run.others_share is not None and run.others_share > settings.max_others]
+    if not busy:
+        return ""
+    return (
+        f"{len(busy)} of {len(runs)} runs stayed above --max-others {100 * settings.max_others:.0f}% after their retries"
+        f" (up to {100 * max(busy):.0f}%): other processes shared these {meta['cpus_usable']} CPUs; trust CPU ms/img"
+        " (and 1-core rows) over img/s"
+    )
+
+
+def not_run_notes(settings: Settings) -> list[str]:
+    notes = []
+    for source in settings.sources:
+        missing = [engine for engine in settings.engines if engine not in engines_for(settings, source)]
+        if missing and source == "file":
+            notes.append(f"{', '.join(missing)} not run on the folder: the wds suite's file rows are ours' baseline")
+        elif missing:
+            why = "the reference reads only http(s) URLs; " if source == "wds-local" and "reference" in missing else ""
+            notes.append(f"{', '.join(missing)} not run on {source}: {why}only the datago engines read shards")
+    return notes
 
 
 def write_chart(runs: list[Run], corpora: dict[str, Corpus], path: Path) -> str:
@@ -596,7 +1013,7 @@ def write_chart(runs: list[Run], corpora: dict[str, Corpus], path: Path) -> str:
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install matplotlib)"
     groups = list(dict.fromkeys((run.set, run.workload) for run in runs))
-    engines = list(dict.fromkeys(run.engine for run in runs))
+    engines = list(dict.fromkeys(run.label for run in runs))
     figure, axes = plt.subplots(2, len(groups), figsize=(4 * len(groups), 6), squeeze=False)
     width = 0.8 / len(engines)
     cores = sorted({run.cores for run in runs})
@@ -608,7 +1025,7 @@ def write_chart(runs: list[Run], corpora: dict[str, Corpus], path: Path) -> str:
                 values = {
                     run.cores: getattr(compute_figures(run, corpora[set_name]), metric)
                     for run in group
-                    if run.engine == engine
+                    if run.label == engine
                 }
                 positions = [
                     c + (index - (len(engines) - 1) / 2) * width for c in range(len(cores))
@@ -626,12 +1043,13 @@ def write_chart(runs: list[Run], corpora: dict[str, Corpus], path: Path) -> str:
     return ""
 
 
-def write_outputs(settings: Settings, corpora: list[Corpus], runs: list[Run]) -> str:
+def write_outputs(settings: Settings, results: Results) -> str:
+    corpora, runs = results.corpora, results.runs
     settings.results.mkdir(parents=True, exist_ok=True)
     stem = settings.results / settings.name
     meta = machine()
     chart_note = write_chart(runs, {c.name: c for c in corpora}, stem.with_suffix(".png"))
-    report = markdown(settings, corpora, runs, meta, chart_note)
+    report = markdown(settings, results, meta, chart_note)
     stem.with_suffix(".md").write_text(portable_paths(report, settings))
     raw = {
         "machine": meta,
@@ -639,6 +1057,9 @@ def write_outputs(settings: Settings, corpora: list[Corpus], runs: list[Run]) ->
         "workloads": {name: WORKLOADS[name] for name in settings.workloads},
         "corpora": [vars(corpus) for corpus in corpora],
         "runs": [vars(run) for run in runs],
+        "shards": [vars(shards) for shards in results.shards.values()],
+        "ranks": [{**vars(rank), "result": {k: v for k, v in rank.result.items() if k != "ids"},
+                   "samples": len(rank.result.get("ids", []))} for rank in results.ranks],
     }
     stem.with_suffix(".json").write_text(portable_paths(json.dumps(raw, indent=1, default=str), settings))
     return report
@@ -672,7 +1093,9 @@ def parse_settings(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--engines", default=",".join(ENGINE_WORKERS), help="comma-separated")
+    parser.add_argument(
+        "--engines", help=f"comma-separated (default: {','.join(ENGINE_WORKERS)}; --suite wds: ours,reference)"
+    )
     parser.add_argument("--sets", default=DEFAULT_SETS, help=f"from {', '.join(COUNTS)}")
     parser.add_argument(
         "--workloads", default=DEFAULT_WORKLOADS, help=f"from {', '.join(WORKLOADS)}"
@@ -680,9 +1103,19 @@ def parse_settings(argv: list[str] | None) -> Settings:
     parser.add_argument("--cores", default="1,2", help="CPU counts to pin each run to")
     parser.add_argument(
         "--suite",
-        choices=["targets"],
+        choices=["targets", "wds"],
         help="targets: the fast-path issue's rows (jpeg1mp decode/512/1024, jpeg4mp 1024, jpegvar 512,"
-        " png1mp decode, tiny64 decode) instead of --sets x --workloads, with a target check",
+        " png1mp decode, tiny64 decode) instead of --sets x --workloads, with a target check; wds: jpeg1mp"
+        " decode/512 and tiny64 decode from the folder, local shards and HTTP, bytes per rank, WDS targets",
+    )
+    parser.add_argument(
+        "--sources", help=f"from {', '.join(SOURCES)} (default: file; --suite wds: all three)"
+    )
+    parser.add_argument(
+        "--concurrent-downloads", type=int, default=8, help="WebDataset shards in flight, both engines"
+    )
+    parser.add_argument(
+        "--world-size", type=int, default=2, help="ranks for the bytes-per-rank runs with wds-http (0: none)"
     )
     parser.add_argument("--passes", type=int, default=3, help="passes per run (>= 2)")
     parser.add_argument("--count", type=int, help="images per set (default: 600, tiny64 5000)")
@@ -722,6 +1155,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
 
     if args.suite == "targets":
         pairs = TARGET_PAIRS
+    elif args.suite == "wds":
+        pairs = WDS_PAIRS
     else:
         pairs = [(s, w) for s in _names(args.sets, COUNTS, "sets") for w in _names(args.workloads, WORKLOADS, "workloads")]
     sets = list(dict.fromkeys(s for s, _ in pairs))
@@ -734,8 +1169,10 @@ def parse_settings(argv: list[str] | None) -> Settings:
     if not all(1 <= c <= usable for c in cores):
         parser.error(f"--cores: each value must be in 1..{usable} (the CPUs this process may use)")
     _names(args.ratio_to, ENGINE_WORKERS, "--ratio-to engine")
+    engines = args.engines or ("ours,reference" if args.suite == "wds" else ",".join(ENGINE_WORKERS))
+    sources = args.sources or (",".join(SOURCES) if args.suite == "wds" else "file")
     return Settings(
-        engines=_names(args.engines, ENGINE_WORKERS, "engines"),
+        engines=_names(engines, ENGINE_WORKERS, "engines"),
         sets=sets,
         workloads=list(dict.fromkeys(w for _, w in pairs)),
         pairs=pairs,
@@ -752,13 +1189,16 @@ def parse_settings(argv: list[str] | None) -> Settings:
         shared=args.shared,
         results=args.results,
         name=args.name,
+        sources=_names(sources, SOURCES, "sources"),
+        suite=args.suite,
+        concurrent_downloads=args.concurrent_downloads,
+        world_size=args.world_size,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
-    corpora, runs = run_all(settings)
-    print(write_outputs(settings, corpora, runs))
+    print(write_outputs(settings, run_all(settings)))
     return 0
 
 
