@@ -51,6 +51,9 @@ test {
     _ = @import("sources/wds_source.zig");
     _ = @import("sources/http.zig");
     _ = @import("sources/http_test.zig");
+    _ = @import("sources/dataroom_query.zig");
+    _ = @import("sources/dataroom_record.zig");
+    _ = @import("sources/db_source.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
     _ = @import("decode/png_fast.zig");
