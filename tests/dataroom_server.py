@@ -289,6 +289,7 @@ class Record:
     author: str | None
     original_url: str | None
     datasets: list[str]
+    shard: int = 0  # of the 48 index shards, from the id
 
     @property
     def short_edge(self) -> int:
@@ -417,6 +418,7 @@ class DataroomServer:
         self._secret = hashlib.sha256(f"dataroom-test-{seed}".encode()).digest()
         self._records: dict[str, Record] = {}
         self._ids: list[str] = []  # sorted
+        self._sorted: list[Record] = []  # the records in the order of _ids
         self._blobs: dict[str, bytes] = {}
         self._tags: set[str] = set()
         self._latent_types: dict[str, bool] = {}  # type -> is_mask
@@ -480,6 +482,10 @@ class DataroomServer:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
+
+    def env(self) -> dict[str, str]:
+        """`DATAROOM_API_URL` and `DATAROOM_API_KEY` for a client of this server."""
+        return {"DATAROOM_API_URL": self.api_url, "DATAROOM_API_KEY": self.token}
 
     def url(self, path: str) -> str:
         """An absolute URL for a path relative to the API root (`images/?...`)."""
@@ -546,9 +552,14 @@ class DataroomServer:
                 coca_embedding=None if coca_embedding is None else [float(x) for x in coca_embedding],
                 coca_author=coca_author, duplicate_state=duplicate_state, date_created=created,
                 date_updated=created, author=author, original_url=original_url, datasets=list(datasets),
+                shard=shard_of(id),
             )
-            if id not in self._records:
-                bisect.insort(self._ids, id)
+            position = bisect.bisect_left(self._ids, id)
+            if id in self._records:
+                self._sorted[position] = record
+            else:
+                self._ids.insert(position, id)
+                self._sorted.insert(position, record)
             self._records[id] = record
             self._changed.notify_all()
         return record
@@ -557,7 +568,8 @@ class DataroomServer:
         """Deletes a record (its blobs stay in the store, as S3 objects do)."""
         with self._changed:
             del self._records[image_id]
-            self._ids.remove(image_id)
+            position = bisect.bisect_left(self._ids, image_id)
+            del self._ids[position], self._sorted[position]
 
     def add_synthetic(
         self, count: int, *, seed: int = 0, prefix: str = "img_", start: int = 0,
@@ -592,7 +604,7 @@ class DataroomServer:
     def records(self) -> list[Record]:
         """The records in id order (copies: editing them changes nothing)."""
         with self._changed:
-            return [copy.deepcopy(self._records[i]) for i in self._ids]
+            return [copy.deepcopy(r) for r in self._sorted]
 
     def record(self, image_id: str) -> Record:
         with self._changed:
@@ -784,14 +796,15 @@ class DataroomServer:
             if record is None:
                 raise _ApiError(404, {"detail": "Not found."})
             return self._render(record, _fields(params), _latent_filter(params))
+        cursor = params.get("cursor") if endpoint == "list" else None
         with self._changed:
-            records = [self._records[i] for i in self._ids]
             predicate = self._filters(params)
+            records = self._sorted[bisect.bisect_right(self._ids, cursor) if cursor is not None else 0:]
         if endpoint != "random":
             partition = _partition(params)
             if partition is not None:
                 count, index = partition
-                predicate = _both(predicate, lambda r: partition_of(r.id, count) == index)
+                predicate = _both(predicate, lambda r: r.shard % count == index)
         if endpoint == "count":
             return {"count": sum(1 for r in records if predicate(r))}
         page_size = _drf_int(params, "page_size", 1, PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT)
@@ -801,10 +814,8 @@ class DataroomServer:
             num_prefixes = _drf_int(params, "num_prefixes", 1, 300, 100)
             chosen = self._random_page([r for r in records if predicate(r)], page_size, prefix_length, num_prefixes)
             return {"next": None, "results": [self._render(r, fields, latent_filter) for r in chosen]}
-        cursor = params.get("cursor")
-        start = 0 if cursor is None else bisect.bisect_right([r.id for r in records], cursor)
         page = []
-        for record in records[start:]:
+        for record in records:
             if predicate(record):
                 page.append(record)
                 if len(page) == page_size:

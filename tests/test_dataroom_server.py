@@ -745,3 +745,12 @@ def test_keep_alive(server: DataroomServer) -> None:
         response.read()
     assert response.status == 200
     connection.close()
+
+
+def test_replacing_a_record_and_env(empty_server: DataroomServer) -> None:
+    empty_server.add_image("b", width=1, height=1, source="old")
+    empty_server.add_image("a", width=1, height=1)
+    empty_server.add_image("b", width=2, height=2, source="new")
+    assert [(r.id, r.source, r.shard) for r in empty_server.records()] == [("a", "SRC_A", 1), ("b", "new", shard_of("b"))]
+    assert ok(empty_server, "images/?fields=source")["results"] == [{"id": "a", "source": "SRC_A"}, {"id": "b", "source": "new"}]
+    assert empty_server.env() == {"DATAROOM_API_URL": f"http://127.0.0.1:{empty_server.port}/api/", "DATAROOM_API_KEY": TOKEN}
