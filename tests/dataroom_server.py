@@ -92,7 +92,7 @@ server's clock; every answer signs afresh. A blob request answers 403 XML
 `AccessDenied`/`Request has expired` once expired, 403
 `SignatureDoesNotMatch` when tampered with, 404 XML `NoSuchKey` for an
 unknown key, 400 XML `InvalidArgument` when it carries an `Authorization`
-header as well (as S3 does). The clock moves with `advance_clock(s)` and
+header as well, as S3 does (`reject_blob_authorization=False` allows it). The clock moves with `advance_clock(s)` and
 `expire_blob_urls()`; `expire_blob(id, kind)` expires the URLs issued so far
 for one blob, fresh ones (`GET images/<id>/`) work.
 
