@@ -254,3 +254,11 @@ def test_random_sampling_repeats_and_drops_seen_ids(server: DataroomServer) -> N
     got = ids(samples)
     assert len(got) == len(set(got)) and set(got) <= {r.id for r in server.records()}
     assert len(server.requests("random")) >= 2
+
+
+def test_bench_reads_the_db_source(server: DataroomServer, capsys: pytest.CaptureFixture[str]) -> None:
+    from datago.cli import main
+
+    assert main(["bench", "--source", "db", "--page-size", "10", "--limit", "20", "--passes", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples_per_pass"] == 20, result
