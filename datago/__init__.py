@@ -14,7 +14,7 @@ from . import logs as logs
 from ._native import ffi as _ffi
 from ._native import lib as _lib
 from .client import DatagoClient, live_cleanup_threads, live_samples
-from .errors import ConfigError, DatagoError, SampleTimeoutError, SourceError
+from .errors import AuthError, ConfigError, DatagoError, SampleTimeoutError, SourceError
 from .imaging import Bucket, Fit, buckets, fit, transform
 from .logs import initialize_logging
 from .types import Batch, ImagePayload, LatentPayload, RawImagePayload, Sample
@@ -52,6 +52,7 @@ __all__ = [
     "DatagoError",
     "ConfigError",
     "SourceError",
+    "AuthError",
     "SampleTimeoutError",
 ]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-from .errors import ConfigError, DatagoError, SourceError
+from .errors import AuthError, ConfigError, DatagoError, SourceError
 
 ABI_VERSION = 1
 
@@ -134,6 +134,7 @@ TIMEOUT = lib.DATAGO_TIMEOUT
 _ERRORS = {
     lib.DATAGO_ERR_CONFIG: ConfigError,
     lib.DATAGO_ERR_SOURCE: SourceError,
+    lib.DATAGO_ERR_AUTH: AuthError,
     lib.DATAGO_ERR_NO_MEMORY: MemoryError,
 }
 

@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("path", nargs="?", help=(
         "folder (or single image) to read; default: a generated corpus. With --source webdataset: the shard "
-        "URL pattern (paths, file:// or http(s):// URLs, braces expanded), required"))
-    bench.add_argument("--source", choices=["file", "webdataset"], default="file", help="source type (default: file)")
+        "URL pattern (paths, file:// or http(s):// URLs, braces expanded), required. With --source db: the "
+        "Dataroom `sources` filter (default: all sources; the server from DATAROOM_API_URL and DATAROOM_API_KEY)"))
+    bench.add_argument("--source", choices=["file", "webdataset", "db"], default="file", help="source type (default: file)")
+    bench.add_argument("--page-size", type=int, default=500, help="--source db: records per page request (default: 500)")
     bench.add_argument("--limit", type=int, help="samples per pass (default: the whole folder)")
     bench.add_argument("--passes", type=int, default=2, help="passes over the data; the first warms caches (default: 2)")
     bench.add_argument("--threads", type=int, help="native decode threads (default: DATAGO_MAX_TASKS or the usable CPUs)")
@@ -70,7 +72,13 @@ def make_corpus(folder: Path, count: int) -> None:
 
 
 def config_for(args: argparse.Namespace, root: str) -> dict[str, Any]:
-    source: dict[str, Any] = {"url": root} if args.source == "webdataset" else {"root_path": root}
+    source: dict[str, Any]
+    if args.source == "db":
+        source = {"sources": root, "page_size": args.page_size, "require_images": True}
+    elif args.source == "webdataset":
+        source = {"url": root}
+    else:
+        source = {"root_path": root}
     if args.seed is not None:
         source |= {"random_sampling": True, "seed": args.seed}
     config: dict[str, Any] = {"source_type": args.source, "source_config": source, "samples_buffer_size": args.buffer}
@@ -188,8 +196,8 @@ def bench(args: argparse.Namespace) -> int:
     if args.source == "webdataset" and args.path is None:
         print("datago bench: --source webdataset needs the shard URL pattern", file=sys.stderr)
         return EXIT_USAGE
-    if args.source == "webdataset":
-        root = args.path
+    if args.source in ("webdataset", "db"):
+        root = args.path or ""
     elif args.path is None:
         temporary = tempfile.mkdtemp(prefix="datago-bench-")
         print(f"generating {args.count} JPEGs in {temporary} ...", file=sys.stderr)

@@ -18,10 +18,16 @@ class SourceError(DatagoError, RuntimeError):
     cause and an example path."""
 
 
+class AuthError(SourceError):
+    """The server refused the credentials (a Dataroom page answered 403):
+    the message names the URL and the server's ``detail``. Check
+    ``DATAROOM_API_KEY``."""
+
+
 class SampleTimeoutError(SourceError, TimeoutError):
     """No sample arrived within ``timeout_s``: the message names what the
     pass was waiting for (the listing, or the item due next and whether a
     worker holds it). The pass is stopped; ``start()`` begins the next one."""
 
 
-__all__ = ["DatagoError", "ConfigError", "SourceError", "SampleTimeoutError"]
+__all__ = ["DatagoError", "ConfigError", "SourceError", "AuthError", "SampleTimeoutError"]

@@ -173,9 +173,26 @@ def test_batches_without_crop_and_resize_say_why_they_hold_one_sample(tmp_path, 
     ), caplog.text
 
 
-def test_db_is_refused_clearly() -> None:
-    with pytest.raises(datago.ConfigError, match="source_type: 'db' is not supported"):
+def test_db_config_is_validated_at_construction(monkeypatch) -> None:
+    with pytest.raises(datago.ConfigError, match="source_config.page_size: missing"):
         datago.DatagoClient(cfg(source_type="db", source_config={"url": "x", "sources": ""}))
+    with pytest.raises(datago.ConfigError, match="source_config.page_size: 0 is outside 1 .. 2000"):
+        datago.DatagoClient(json.dumps({"source_config": {"sources": "", "page_size": 0}}))
+    with pytest.raises(datago.ConfigError, match="source_config.sources: missing"):
+        datago.DatagoClient(json.dumps({"source_config": {"page_size": 10}}))
+    with pytest.raises(datago.ConfigError, match="source_config.world_size: 49 is above 48"):
+        datago.DatagoClient(json.dumps({"source_config": {"sources": "", "page_size": 10, "rank": 0, "world_size": 49}}))
+    # The constructor does no I/O: the environment is read when a pass starts.
+    monkeypatch.delenv("DATAROOM_API_URL", raising=False)
+    monkeypatch.setenv("DATAROOM_API_KEY", "k" * 40)
+    client = datago.DatagoClient(json.dumps({"source_config": {"sources": "", "page_size": 10}}))
+    with pytest.raises(datago.SourceError, match="DATAROOM_API_URL is not set"):
+        client.get_sample()
+    monkeypatch.setenv("DATAROOM_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.delenv("DATAROOM_API_KEY")
+    client = datago.DatagoClient(json.dumps({"source_config": {"sources": "", "page_size": 10}}))
+    with pytest.raises(datago.SourceError, match="DATAROOM_API_KEY is not set"):
+        client.get_sample()
 
 
 def test_constructor_does_no_io(tmp_path) -> None:

@@ -66,6 +66,8 @@ typedef enum datago_status {
     DATAGO_ERR_MISUSE = -7,     /* a call in the wrong state: a loader inherited across fork(),
                                    get_sample on a batching loader, ... */
     DATAGO_ERR_INTERNAL = -8,   /* a bug in libdatago (a worker hit a safety check); please report */
+    DATAGO_ERR_AUTH = -9,       /* next: the server refused the credentials (a Dataroom 403); the
+                                   message names the URL and the server's detail; the pass is over */
     DATAGO_STATUS_MAX = 0x7fffffff
 } datago_status;
 
@@ -229,7 +231,8 @@ datago_status datago_loader_start(datago_loader *loader);
  * is over: data exhausted, limit reached or stopped; repeated on every later
  * call until a new start), DATAGO_TIMEOUT, DATAGO_ERR_SOURCE (the pass failed
  * as a whole; the pass is over), DATAGO_ERR_ARGUMENT, DATAGO_ERR_MISUSE or
- * DATAGO_ERR_INTERNAL. Samples come in the order of docs/design.md whatever the
+ * DATAGO_ERR_INTERNAL; for a Dataroom source also DATAGO_ERR_AUTH (403) and
+ * DATAGO_ERR_CONFIG (the server refused a filter with 400). Samples come in the order of docs/design.md whatever the
  * thread count. May be called from several threads at once: each sample goes
  * to exactly one caller. */
 datago_status datago_loader_next(datago_loader *loader, int64_t timeout_ms,

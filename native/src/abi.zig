@@ -90,6 +90,14 @@ export fn datago_loader_start(loader: ?*Loader) Status {
     return .ok;
 }
 
+fn failureStatus(kind: @import("sources/source.zig").FailureKind) Status {
+    return switch (kind) {
+        .source => .err_source,
+        .config => .err_config,
+        .auth => .err_auth,
+    };
+}
+
 export fn datago_loader_next(loader: ?*Loader, timeout_ms: i64, sample_out: ?*?*types.Sample) Status {
     const out = sample_out orelse return fail(.err_argument, "datago_loader_next: sample_out is NULL", .{});
     out.* = null;
@@ -105,7 +113,7 @@ export fn datago_loader_next(loader: ?*Loader, timeout_ms: i64, sample_out: ?*?*
         },
         .end => return .end,
         .timeout => return .timeout,
-        .source_error => |text| return fail(.err_source, "{s}", .{text}),
+        .source_error => |f| return fail(failureStatus(f.kind), "{s}", .{f.text}),
         .internal_error => return internalError(),
     }
 }
@@ -167,7 +175,7 @@ export fn datago_loader_next_batch(loader: ?*Loader, timeout_ms: i64, batch_out:
         },
         .end => return .end,
         .timeout => return .timeout,
-        .source_error => |text| return fail(.err_source, "{s}", .{text}),
+        .source_error => |f| return fail(failureStatus(f.kind), "{s}", .{f.text}),
         .internal_error => return internalError(),
     }
 }

@@ -15,6 +15,7 @@ pub const Status = enum(c_int) {
     err_decode = -4,
     err_no_memory = -5,
     err_misuse = -7,
+    err_auth = -9,
     err_internal = -8,
 };
 

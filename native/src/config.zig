@@ -98,12 +98,62 @@ pub const WebDataset = struct {
 /// typical scratch disk by surprise.
 pub const cache_max_bytes_default: u64 = 64 << 30;
 
+/// `source_type: "db"` (compatibility.md §4.5): the Dataroom filters, each
+/// sent to the server as its own query parameter (sources/dataroom_query.zig).
+/// Strings are owned by the config's arena; "" means "not sent". The server
+/// location and token come from the environment at the start of each pass.
+pub const Dataroom = struct {
+    sources: []const u8 = "",
+    page_size: u32 = 0,
+    sources_ne: []const u8 = "",
+    require_images: bool = false,
+    require_embeddings: bool = false,
+    tags: []const u8 = "",
+    tags_all: []const u8 = "",
+    tags_ne: []const u8 = "",
+    tags_ne_all: []const u8 = "",
+    tags_empty: []const u8 = "",
+    has_attributes: []const u8 = "",
+    lacks_attributes: []const u8 = "",
+    has_masks: []const u8 = "",
+    lacks_masks: []const u8 = "",
+    has_latents: []const u8 = "",
+    lacks_latents: []const u8 = "",
+    min_short_edge: i32 = 0,
+    max_short_edge: i32 = 0,
+    min_pixel_count: i32 = 0,
+    max_pixel_count: i32 = 0,
+    /// Negative: `duplicate_state` is not even requested as a field.
+    duplicate_state: i32 = 0,
+    attributes: []const u8 = "",
+    /// Blob downloads in flight at once (per host, and in total).
+    concurrent_downloads: u16 = dataroom_downloads_default,
+    read_timeout_ms: u32 = 60_000,
+    connect_timeout_ms: u32 = 10_000,
+};
+
+/// The server's page-size bounds (its 400 otherwise).
+pub const dataroom_page_size_max: u32 = 2000;
+/// The server's partition bound (48 index shards).
+pub const dataroom_partitions_max: u32 = 48;
+pub const dataroom_downloads_default: u16 = 16;
+pub const dataroom_downloads_max: u16 = 128;
+
+/// The string keys of `Dataroom`, in the order the spec lists them.
+pub const dataroom_string_keys = [_][]const u8{
+    "sources",        "sources_ne",       "tags",      "tags_all",    "tags_ne",
+    "tags_ne_all",    "tags_empty",       "has_attributes", "lacks_attributes",
+    "has_masks",      "lacks_masks",      "has_latents", "lacks_latents", "attributes",
+};
+pub const dataroom_int_keys = [_][]const u8{ "min_short_edge", "max_short_edge", "min_pixel_count", "max_pixel_count", "duplicate_state" };
+
 pub const Config = struct {
     source_type: SourceType = .file,
     /// The file source's keys; for webdataset only the shared ones
     /// (random_sampling, seed, rank, world_size).
     file: FileSource = .{},
     webdataset: WebDataset = .{},
+    dataroom: Dataroom = .{},
     image: ?ImageConfig = null,
     /// Samples handed out per rank (all its workers together); null = whole epoch.
     limit: ?u64 = null,
@@ -340,10 +390,10 @@ const Parser = struct {
                 config.file = try p.splitKeys(source_object);
                 config.webdataset = try p.webDataset(source_object);
             },
-            .db => return p.fail(
-                "source_type: '{s}' is not supported by this build of datago yet (only \"file\" and \"webdataset\")",
-                .{source_name},
-            ),
+            .db => {
+                config.file = try p.dataroomSplit(source_object);
+                config.dataroom = try p.dataroom(source_object);
+            },
         }
         try p.collectUnknown(object, "", &.{
             "source_type",          "source_config",      "image_config", "limit",
@@ -456,6 +506,74 @@ const Parser = struct {
         const max_bytes = try p.optPositive(u64, object, prefix, "cache_max_bytes") orelse return;
         if (wds.cache_dir == null) return p.fail("source_config.cache_max_bytes: set without cache_dir (there is no cache to bound)", .{});
         wds.cache_max_bytes = max_bytes;
+    }
+
+    /// The reference's db split: `world_size` 0 or 1 means one process (then
+    /// `rank` must be 0); the server takes at most 48 partitions.
+    fn dataroomSplit(p: *Parser, object: json.ObjectMap) Error!FileSource {
+        const prefix = "source_config.";
+        var source: FileSource = .{};
+        source.random_sampling = try p.optBool(object, prefix, "random_sampling") orelse false;
+        source.seed = try p.optInt(u64, object, prefix, "seed");
+        const world_size = try p.optInt(u32, object, prefix, "world_size") orelse 0;
+        source.world_size = @max(1, world_size);
+        source.rank = try p.optInt(u32, object, prefix, "rank") orelse if (source.world_size > 1) return p.fail(
+            "source_config.rank: missing while world_size is {d}; give each process its rank (the Python package takes it from torch.distributed or RANK)",
+            .{source.world_size},
+        ) else 0;
+        if (source.rank >= source.world_size) return p.fail(
+            "source_config.rank: {d} must be less than world_size ({d})",
+            .{ source.rank, world_size },
+        );
+        if (source.world_size > dataroom_partitions_max) return p.fail(
+            "source_config.world_size: {d} is above {d}, the most partitions a Dataroom server splits into",
+            .{ source.world_size, dataroom_partitions_max },
+        );
+        return source;
+    }
+
+    fn dataroom(p: *Parser, object: json.ObjectMap) Error!Dataroom {
+        const prefix = "source_config.";
+        var db: Dataroom = .{};
+        db.sources = try p.optString(object, prefix, "sources") orelse
+            return p.fail("source_config.sources: missing (a comma-separated list of Dataroom sources, \"\" for all)", .{});
+        const page_size = try p.optInt(u32, object, prefix, "page_size") orelse
+            return p.fail("source_config.page_size: missing (records per page request, 1 .. {d})", .{dataroom_page_size_max});
+        if (page_size < 1 or page_size > dataroom_page_size_max)
+            return p.fail("source_config.page_size: {d} is outside 1 .. {d} (the server refuses it)", .{ page_size, dataroom_page_size_max });
+        db.page_size = page_size;
+        inline for (dataroom_string_keys[1..]) |key| {
+            if (try p.optString(object, prefix, key)) |value| {
+                try p.checkQueryText(key, value);
+                @field(db, key) = value;
+            }
+        }
+        try p.checkQueryText("sources", db.sources);
+        inline for (dataroom_int_keys) |key| {
+            if (try p.optSigned(i32, object, prefix, key)) |value| @field(db, key) = value;
+        }
+        db.require_images = try p.optBool(object, prefix, "require_images") orelse false;
+        db.require_embeddings = try p.optBool(object, prefix, "require_embeddings") orelse false;
+        if (try p.optInt(u16, object, prefix, "concurrent_downloads")) |n| {
+            if (n == 0 or n > dataroom_downloads_max) return p.fail("source_config.concurrent_downloads: must be between 1 and {d}, got {d}", .{ dataroom_downloads_max, n });
+            db.concurrent_downloads = n;
+        }
+        if (try p.optNumber(object, prefix, "read_timeout_s")) |t| db.read_timeout_ms = try p.timeoutMs("read_timeout_s", t);
+        if (try p.optNumber(object, prefix, "connect_timeout_s")) |t| db.connect_timeout_ms = try p.timeoutMs("connect_timeout_s", t);
+        // `return_latents` is derived (compatibility.md §4.5); the reference
+        // ignores the key, so it stays known and silent.
+        try p.collectUnknown(object, prefix, &(dataroom_string_keys ++ dataroom_int_keys ++ [_][]const u8{
+            "page_size",        "require_images", "require_embeddings", "random_sampling", "seed",
+            "rank",             "world_size",     "concurrent_downloads", "read_timeout_s", "connect_timeout_s",
+            "return_latents",
+        }));
+        return db;
+    }
+
+    /// Values travel in a URL query: NUL and line breaks can only be mistakes.
+    fn checkQueryText(p: *Parser, key: []const u8, text: []const u8) Error!void {
+        if (std.mem.indexOfAny(u8, text, "\r\n\x00") != null)
+            return p.fail("source_config.{s}: contains a line break or NUL byte", .{key});
     }
 
     /// Seconds → milliseconds within 1 ms .. 1 day.
@@ -604,6 +722,19 @@ const Parser = struct {
             ),
             else => return p.fail("{s}{s}: expected a non-negative integer, got {s}", .{ prefix, key, kindName(value) }),
         }
+    }
+
+    /// A JSON integer that fits the signed `T`.
+    fn optSigned(p: *Parser, comptime T: type, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?T {
+        const value = object.get(key) orelse return null;
+        return switch (value) {
+            .null => null,
+            .integer => |i| std.math.cast(T, i) orelse p.fail(
+                "{s}{s}: {d} is out of range ({d} .. {d})",
+                .{ prefix, key, i, std.math.minInt(T), std.math.maxInt(T) },
+            ),
+            else => p.fail("{s}{s}: expected an integer, got {s}", .{ prefix, key, kindName(value) }),
+        };
     }
 
     fn optPositive(p: *Parser, comptime T: type, object: json.ObjectMap, prefix: []const u8, key: []const u8) Error!?T {

@@ -91,12 +91,17 @@ pub const Loader = struct {
         loader.state = .running;
     }
 
+    pub const SourceFailure = struct {
+        text: []const u8,
+        kind: @import("sources/source.zig").FailureKind,
+    };
+
     pub const NextResult = union(enum) {
         sample: *@import("sample.zig").Owned,
         end,
         timeout,
         /// The message was copied into the caller's buffer.
-        source_error: []const u8,
+        source_error: SourceFailure,
         internal_error,
     };
 
@@ -118,7 +123,7 @@ pub const Loader = struct {
         batch: *@import("batcher.zig").Batch,
         end,
         timeout,
-        source_error: []const u8,
+        source_error: SourceFailure,
         internal_error,
     };
 
@@ -146,11 +151,11 @@ pub const Loader = struct {
         return pass;
     }
 
-    fn copyMessage(pass: *pipeline.Pass, buffer: []u8) []const u8 {
+    fn copyMessage(pass: *pipeline.Pass, buffer: []u8) SourceFailure {
         const message = pass.failureMessage();
         const n = @min(message.len, buffer.len);
         @memcpy(buffer[0..n], message[0..n]);
-        return buffer[0..n];
+        return .{ .text = buffer[0..n], .kind = pass.failure_kind };
     }
 
     /// Ends the running pass; waiting `next` calls return `end`. Idempotent.

@@ -126,6 +126,8 @@ pub const Pass = struct {
     /// Set once when the pass fails as a whole; reported once by `next`.
     failure_buffer: [1024]u8 = undefined,
     failure_len: ?usize = null,
+    /// Which error the caller sees for the failure.
+    failure_kind: source_mod.FailureKind = .source,
     failure_reported: bool = false,
     threads_alive: u32 = 0,
     cleanup_counted: bool = false,
@@ -534,6 +536,7 @@ pub const Pass = struct {
         // the pass with its reason.
         pass.mutex.lockUncancelable(pass.io);
         if (stage.failureText()) |text| {
+            if (pass.failure_len == null) pass.failure_kind = stage.failure.kind;
             pass.failLocked("{s}", .{text});
             pass.cancelLocked();
         } else if (stage.total()) |total| {
@@ -673,14 +676,25 @@ pub const Pass = struct {
         defer item.release(pass.gpa);
         result.timings.bytes_read = item.bytes.len;
         result.timings.lap(.read, &clock);
-        const processed = image_process.run(pass.gpa, item.bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag) catch |err| {
+        // A record read without its image (Dataroom, require_images false)
+        // is a sample without pixels, not a failed decode.
+        const no_image = item.image_optional and item.bytes.len == 0;
+        const processed: image_process.Result = if (no_image) .{ .pixels = undefined, .bucket_key = null } else image_process.run(pass.gpa, item.bytes, &pass.transform, .{ .max_pixels = pass.config.max_pixels }, &result.timings, &diag) catch |err| {
             pass.logFailure(seq, diag.text());
             result.outcome = .{ .failed = decoder.causeOf(err) };
             return result;
         };
-        var main_pixels = processed.pixels;
-        const additional = pass.processAdditional(item.additional, processed.bucket_key, &diag) catch |err| {
-            main_pixels.deinit(pass.gpa);
+        var main_pixels: ?sample_mod.Pixels = if (no_image) null else processed.pixels;
+        const masks = pass.processNamed(item.masks, .mask, processed.bucket_key, &diag) catch |err| {
+            if (main_pixels) |*m| m.deinit(pass.gpa);
+            pass.logFailure(seq, diag.text());
+            result.outcome = .{ .failed = decoder.causeOf(err) };
+            return result;
+        };
+        defer pass.gpa.free(masks);
+        const additional = pass.processNamed(item.additional, .additional, processed.bucket_key, &diag) catch |err| {
+            if (main_pixels) |*m| m.deinit(pass.gpa);
+            for (masks) |*n| n.pixels.deinit(pass.gpa);
             pass.logFailure(seq, diag.text());
             result.outcome = .{ .failed = decoder.causeOf(err) };
             return result;
@@ -691,8 +705,13 @@ pub const Pass = struct {
             .id = item.id,
             .source = item.source_name,
             .attributes_json = item.attributes_json,
+            .duplicate_state = item.duplicate_state,
             .image = main_pixels,
+            .masks = masks,
             .additional = additional,
+            .latents = item.latents,
+            .tags = item.tags,
+            .coca_embedding = item.coca_embedding,
             .index = seq,
             .epoch = pass.epoch,
         }) catch return result;
@@ -700,12 +719,10 @@ pub const Pass = struct {
         return result;
     }
 
-    /// Processes an item's additional images into the main image's bucket
-    /// (as stages/oneshot.zig does). Caller owns the list and its pixels
-    /// (sample.build takes them). One that fails fails the sample.
-    /// The sample's additional images, processed into the main image's
-    /// bucket. Caller owns the result (and its pixels).
-    fn processAdditional(pass: *Pass, inputs: []const sample_mod.EncodedNamed, bucket_key: ?i64, diag: *decoder.Diagnostics) decoder.Error![]sample_mod.Named {
+    /// Processes an item's masks or additional images into the main image's
+    /// bucket (as stages/oneshot.zig does). Caller owns the list and its
+    /// pixels (sample.build takes them). One that fails fails the sample.
+    fn processNamed(pass: *Pass, inputs: []const sample_mod.EncodedNamed, role: image_process.Role, bucket_key: ?i64, diag: *decoder.Diagnostics) decoder.Error![]sample_mod.Named {
         const named = pass.gpa.alloc(sample_mod.Named, inputs.len) catch return error.NoMemory;
         var done: usize = 0;
         errdefer {
@@ -713,7 +730,7 @@ pub const Pass = struct {
             pass.gpa.free(named);
         }
         var timings: stats.Timings = .{ .enabled = false };
-        try image_process.runNamed(pass.gpa, &pass.transform, inputs, .additional, bucket_key, pass.config.max_pixels, &timings, named, &done, diag);
+        try image_process.runNamed(pass.gpa, &pass.transform, inputs, role, bucket_key, pass.config.max_pixels, &timings, named, &done, diag);
         return named;
     }
 
@@ -757,6 +774,7 @@ pub const Pass = struct {
             .plan_len = pass.items orelse pass.dispatched,
             .cursor = pass.source.cursor(pass.head),
             .shards = pass.source.shardCounts(),
+            .dataroom = pass.source.dataroomCounts(),
             .elapsed_ns = runtime.monotonicNs() - pass.started_ns,
             .batches = if (pass.batcher) |*b| b.counters.batches.load(.monotonic) else 0,
             .partial_batches = if (pass.batcher) |*b| b.counters.partial_batches.load(.monotonic) else 0,

@@ -170,7 +170,8 @@ test "a missing root is a source error from next" {
     var message: [256]u8 = undefined;
     const result = try loader.next(5_000, &message);
     try testing.expect(result == .source_error);
-    try testing.expect(std.mem.indexOf(u8, result.source_error, "does not exist") != null);
+    try testing.expect(std.mem.indexOf(u8, result.source_error.text, "does not exist") != null);
+    try testing.expectEqual(.source, result.source_error.kind);
     try testing.expect(try loader.next(0, &message) == .end);
 }
 

@@ -54,6 +54,9 @@ test {
     _ = @import("sources/shard_cache.zig");
     _ = @import("sources/gcs_listing.zig");
     _ = @import("sources/shuffle_buffer.zig");
+    _ = @import("sources/dataroom_query.zig");
+    _ = @import("sources/dataroom_record.zig");
+    _ = @import("sources/db_source.zig");
     _ = @import("decode/decoder.zig");
     _ = @import("decode/wuffs.zig");
     _ = @import("decode/png_fast.zig");

@@ -81,6 +81,12 @@ pub const Owned = struct {
     /// Masks then additional images, and the C views of them.
     extras: []Pixels,
     named: []abi.NamedImage,
+    /// Latent bytes, one allocation; the C views of latents and tags (their
+    /// names and texts live in `strings`); the embedding.
+    latent_bytes: []u8 = &.{},
+    latent_views: []abi.Latent = &.{},
+    tag_views: []abi.Str = &.{},
+    coca: []f32 = &.{},
     /// Counted in runtime.live_samples once handed to the caller.
     handed_out: bool = false,
     /// Owned by a batch (batcher.zig): freed with it, never on its own.
@@ -98,6 +104,10 @@ pub const Owned = struct {
         for (self.extras) |*extra| extra.deinit(gpa);
         gpa.free(self.extras);
         gpa.free(self.named);
+        gpa.free(self.latent_bytes);
+        gpa.free(self.latent_views);
+        gpa.free(self.tag_views);
+        gpa.free(self.coca);
         gpa.free(self.strings);
         gpa.destroy(self);
     }
@@ -147,6 +157,10 @@ pub const Parts = struct {
     image: ?Pixels,
     masks: []const Named = &.{},
     additional: []const Named = &.{},
+    /// Copied (byte-exact), as are tags and the embedding.
+    latents: []const EncodedNamed = &.{},
+    tags: []const []const u8 = &.{},
+    coca_embedding: []const f32 = &.{},
     index: u64 = 0,
     epoch: u64 = 0,
 };
@@ -164,6 +178,12 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
     var names_len: usize = 0;
     for (parts.masks) |n| names_len += n.name.len;
     for (parts.additional) |n| names_len += n.name.len;
+    var latent_bytes_len: usize = 0;
+    for (parts.latents) |l| {
+        names_len += l.name.len;
+        latent_bytes_len += l.bytes.len;
+    }
+    for (parts.tags) |t| names_len += t.len;
     const id_len = parts.id.len();
     const strings = try gpa.alloc(u8, id_len + parts.source.len + parts.attributes_json.len + names_len);
     errdefer gpa.free(strings);
@@ -171,6 +191,14 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
     errdefer gpa.free(extras);
     const named = try gpa.alloc(abi.NamedImage, extra_count);
     errdefer gpa.free(named);
+    const latent_bytes = try gpa.alloc(u8, latent_bytes_len);
+    errdefer gpa.free(latent_bytes);
+    const latent_views = try gpa.alloc(abi.Latent, parts.latents.len);
+    errdefer gpa.free(latent_views);
+    const tag_views = try gpa.alloc(abi.Str, parts.tags.len);
+    errdefer gpa.free(tag_views);
+    const coca = try gpa.dupe(f32, parts.coca_embedding);
+    errdefer gpa.free(coca);
     const owned = try gpa.create(Owned);
 
     var cursor: usize = 0;
@@ -190,7 +218,32 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
             i += 1;
         }
     }
-    owned.* = .{ .c = .{}, .gpa = gpa, .strings = strings, .image = main, .extras = extras, .named = named };
+    var bytes_at: usize = 0;
+    for (parts.latents, latent_views) |l, *view| {
+        const name = take(strings, &cursor, l.name.len);
+        @memcpy(name, l.name);
+        const data = take(latent_bytes, &bytes_at, l.bytes.len);
+        @memcpy(data, l.bytes);
+        view.* = .{ .name = .of(name), .data = if (data.len > 0) data.ptr else null, .len = data.len };
+    }
+    for (parts.tags, tag_views) |t, *view| {
+        const text = take(strings, &cursor, t.len);
+        @memcpy(text, t);
+        view.* = .of(text);
+    }
+    std.debug.assert(cursor == strings.len and bytes_at == latent_bytes.len);
+    owned.* = .{
+        .c = .{},
+        .gpa = gpa,
+        .strings = strings,
+        .image = main,
+        .extras = extras,
+        .named = named,
+        .latent_bytes = latent_bytes,
+        .latent_views = latent_views,
+        .tag_views = tag_views,
+        .coca = coca,
+    };
     main = null; // owned now
     owned.c = .{
         .source_kind = @intFromEnum(parts.kind),
@@ -205,6 +258,12 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
         .mask_count = parts.masks.len,
         .additional_images = if (parts.additional.len > 0) named[parts.masks.len..].ptr else null,
         .additional_image_count = parts.additional.len,
+        .latents = if (latent_views.len > 0) latent_views.ptr else null,
+        .latent_count = latent_views.len,
+        .tags = if (tag_views.len > 0) tag_views.ptr else null,
+        .tag_count = tag_views.len,
+        .coca_embedding = if (coca.len > 0) coca.ptr else null,
+        .coca_embedding_len = coca.len,
     };
     return owned;
 }
@@ -285,4 +344,28 @@ test "masks and additional images are owned and viewed in order" {
     try std.testing.expectEqual(@as(u8, 1), s.c.masks.?[0].image.data.?[0]);
     try std.testing.expectEqualStrings("masked_image", s.c.additional_images.?[0].name.slice());
     try std.testing.expectEqual(@as(u8, 2), s.c.additional_images.?[0].image.data.?[0]);
+}
+
+test "latents, tags and the embedding are copied byte-exact" {
+    const gpa = std.testing.allocator;
+    const raw = [_]u8{ 0, 255, 7 };
+    const s = try build(gpa, .{
+        .kind = .dataroom,
+        .id = .{ .plain = "id-2" },
+        .source = "src",
+        .duplicate_state = -1,
+        .image = null,
+        .latents = &.{ .{ .name = "latent_vae", .bytes = &raw }, .{ .name = "empty", .bytes = "" } },
+        .tags = &.{ "t1", "t2" },
+        .coca_embedding = &.{ 0.5, -1.25 },
+    });
+    defer s.destroy();
+    try std.testing.expectEqual(@as(u64, 2), s.c.latent_count);
+    try std.testing.expectEqualStrings("latent_vae", s.c.latents.?[0].name.slice());
+    try std.testing.expectEqualSlices(u8, &raw, s.c.latents.?[0].data.?[0..s.c.latents.?[0].len]);
+    try std.testing.expectEqual(@as(u64, 0), s.c.latents.?[1].len);
+    try std.testing.expectEqualStrings("t2", s.c.tags.?[1].slice());
+    try std.testing.expectEqual(@as(f32, -1.25), s.c.coca_embedding.?[1]);
+    try std.testing.expectEqual(@as(i64, -1), s.c.duplicate_state);
+    try std.testing.expectEqual(@as(u64, 0), s.c.image.data_len);
 }

@@ -135,6 +135,8 @@ pub const Snapshot = struct {
     cursor: ?source.Cursor = null,
     /// A sharded (WebDataset) source's counters; null for other sources.
     shards: ?source.ShardCounts = null,
+    /// A Dataroom source's counters; null for other sources.
+    dataroom: ?source.DataroomCounts = null,
     /// What the next delivery waits for, while the pass runs (for timeout
     /// messages); empty when nothing is awaited.
     waiting_for_buffer: [waiting_for_bytes_max]u8 = undefined,
@@ -166,6 +168,14 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
         });
         if (sh.cache) |*cache| try cache.writeJson(w) else try w.writeAll("null");
         try w.writeAll("}");
+    } else try w.writeAll("null");
+    try w.writeAll(",\"dataroom\":");
+    if (s.dataroom) |d| {
+        try w.writeByte('{');
+        inline for (comptime std.meta.fieldNames(source.DataroomCounts), 0..) |name, i| {
+            try w.print("{s}\"{s}\":{d}", .{ if (i == 0) "" else ",", name, @field(d, name) });
+        }
+        try w.writeByte('}');
     } else try w.writeAll("null");
     try w.writeAll(",\"skipped\":{");
     for (std.enums.values(files.SkipCause), 0..) |cause, i| {

@@ -49,6 +49,9 @@ pub const redirects_max = 5;
 pub const url_bytes_max = 16 * 1024;
 /// ETag bytes kept to detect a changed object.
 pub const etag_bytes_max = 128;
+/// Bytes of a refused response's body kept for the caller (a JSON `detail`,
+/// an S3 XML error): enough for a message, bounded for a hostile server.
+pub const error_body_bytes_max = 1024;
 /// Watchdog period bounds.
 pub const tick_ms_min = 5;
 pub const tick_ms_max = 250;
@@ -495,8 +498,17 @@ pub const Body = struct {
     failure: Error,
     diagnostics: Diagnostics,
     stats: Stats,
+    /// The start of the body of the response that gave the URL up
+    /// (`error.HttpStatus`), for messages; see `errorBody`.
+    error_body_buffer: [error_body_bytes_max]u8,
+    error_body_len: u16,
 
     const State = enum { open, done, failed };
+
+    /// The first bytes of the refused response's body (empty if none).
+    pub fn errorBody(body: *const Body) []const u8 {
+        return body.error_body_buffer[0..body.error_body_len];
+    }
 
     const vtable: Io.Reader.VTable = .{ .stream = stream };
 
@@ -537,6 +549,8 @@ pub const Body = struct {
             .failure = error.InvalidUrl,
             .diagnostics = .{},
             .stats = .{},
+            .error_body_buffer = undefined,
+            .error_body_len = 0,
         };
         if (url.len > body.url_buffer.len / 2) return error.InvalidUrl;
         @memcpy(body.url_buffer[0..url.len], url);
@@ -790,12 +804,23 @@ pub const Body = struct {
                 return .redirected;
             },
             .give_up => {
+                body.keepErrorBody(&response);
                 body.dropResponse(&response);
                 body.diagnostics.cause = .status;
                 body.diagnostics.detail = "status";
                 return error.HttpStatus;
             },
         }
+    }
+
+    /// Reads the start of a refused response's body while the watchdog
+    /// still guards the socket (a stalling server times out as any read).
+    fn keepErrorBody(body: *Body, response: *HttpClient.Response) void {
+        body.error_body_len = 0;
+        if (response.head.content_length) |n| if (n == 0) return;
+        const reader = response.reader(&body.transfer_buffer);
+        const n = reader.readSliceShort(&body.error_body_buffer) catch 0;
+        body.error_body_len = @intCast(n);
     }
 
     /// Records a retryable failure.

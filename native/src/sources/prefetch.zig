@@ -105,10 +105,17 @@ pub const Prefetch = struct {
 
     /// Reader side: the stream failed as a whole.
     pub fn fail(self: *Prefetch, comptime fmt: []const u8, args: anytype) void {
+        self.failAs(.source, fmt, args);
+    }
+
+    /// Reader side: the stream failed as a whole, with the error kind the
+    /// caller sees.
+    pub fn failAs(self: *Prefetch, kind: source.FailureKind, comptime fmt: []const u8, args: anytype) void {
         self.mutex.lockUncancelable(self.io);
         defer self.mutex.unlock(self.io);
         if (self.state != .streaming) return;
         self.failure.set(fmt, args) catch {};
+        self.failure.kind = kind;
         self.state = .failed;
         self.wakeAllLocked();
     }

@@ -28,6 +28,8 @@ const files = @import("files.zig");
 const FileSource = @import("file_source.zig").FileSource;
 const WdsSource = @import("wds_source.zig").WdsSource;
 const shard_cache = @import("shard_cache.zig");
+const db_source = @import("db_source.zig");
+const DbSource = db_source.DbSource;
 const prefetch = @import("prefetch.zig");
 pub const order = @import("order.zig");
 
@@ -49,19 +51,39 @@ pub const Item = struct {
     /// Other images of the sample, processed into the main image's bucket
     /// (`additional_images`); names and bytes borrowed like `bytes`.
     additional: []const Named = &.{},
+    /// Masks of the sample (kept single-channel), processed into the main
+    /// image's bucket; borrowed like `additional`.
+    masks: []const Named = &.{},
+    /// Raw byte blobs (Dataroom latents), delivered byte-exact.
+    latents: []const Named = &.{},
+    tags: []const []const u8 = &.{},
+    coca_embedding: []const f32 = &.{},
+    /// -1: unknown (the Dataroom's null).
+    duplicate_state: i64 = 0,
+    /// Empty `bytes` mean "no image" rather than a broken one (a Dataroom
+    /// record read without `require_images`).
+    image_optional: bool = false,
     /// A streamed item's one allocation (bytes, id, attributes, additional
     /// images); freed by `release`.
     backing: ?[]u8 = null,
-    /// The array behind `additional` when it was allocated; freed by `release`.
+    /// The array behind `additional` (and `masks`, `latents`) when it was
+    /// allocated; freed by `release`.
     additional_backing: ?[]Named = null,
+    /// The arrays behind `tags` and `coca_embedding`; freed by `release`.
+    tags_backing: ?[][]const u8 = null,
+    coca_backing: ?[]f32 = null,
 
     pub const Named = sample_mod.EncodedNamed;
 
     pub fn release(self: *Item, gpa: Allocator) void {
         if (self.backing) |b| gpa.free(b);
         if (self.additional_backing) |a| gpa.free(a);
+        if (self.tags_backing) |t| gpa.free(t);
+        if (self.coca_backing) |c| gpa.free(c);
         self.backing = null;
         self.additional_backing = null;
+        self.tags_backing = null;
+        self.coca_backing = null;
     }
 };
 
@@ -81,6 +103,7 @@ pub const Scratch = struct {
 pub const Failure = struct {
     buffer: [512]u8 = undefined,
     len: usize = 0,
+    kind: FailureKind = .source,
 
     pub fn set(self: *Failure, comptime fmt: []const u8, args: anytype) error{Failed} {
         const written = std.fmt.bufPrint(&self.buffer, fmt, args) catch self.buffer[0..];
@@ -92,6 +115,12 @@ pub const Failure = struct {
         return self.buffer[0..self.len];
     }
 };
+
+/// Which error the caller sees for a failed pass: the source broke
+/// (`DATAGO_ERR_SOURCE`), the server refused the request as invalid
+/// (`DATAGO_ERR_CONFIG`: a Dataroom 400), or refused the credentials
+/// (`DATAGO_ERR_AUTH`: a Dataroom 403).
+pub const FailureKind = enum { source, config, auth };
 
 pub const PrepareError = error{ Canceled, Failed };
 
@@ -117,19 +146,43 @@ pub const Cursor = struct {
     /// The sequence number of the next item not handed out (delivered or
     /// skipped as failed).
     position: u64,
+    /// A keyset-paged source (Dataroom): the key the page of item
+    /// `position` starts after ("" for the first page) and how many records
+    /// of that page come before it. Resuming asks for `cursor=<key>` and
+    /// skips `in_page` records. Null when not known (not streamed yet).
+    keyset: ?Keyset = null,
+
+    pub const Keyset = struct {
+        key: [key_bytes_max]u8 = undefined,
+        key_len: u16 = 0,
+        in_page: u32 = 0,
+
+        pub const key_bytes_max = 512;
+
+        pub fn keyText(self: *const Keyset) []const u8 {
+            return self.key[0..self.key_len];
+        }
+    };
 
     pub fn writeJson(self: *const Cursor, w: *Io.Writer) Io.Writer.Error!void {
         try w.writeAll("{\"seed\":");
         if (self.seed) |seed| try w.print("{d}", .{seed}) else try w.writeAll("null");
-        try w.print(",\"epoch\":{d},\"rank\":{d},\"world_size\":{d},\"worker\":{d},\"num_workers\":{d},\"position\":{d}}}", .{
+        try w.print(",\"epoch\":{d},\"rank\":{d},\"world_size\":{d},\"worker\":{d},\"num_workers\":{d},\"position\":{d}", .{
             self.epoch, self.rank, self.world_size, self.worker, self.num_workers, self.position,
         });
+        if (self.keyset) |*k| {
+            try w.writeAll(",\"after_key\":");
+            try std.json.Stringify.encodeJsonString(k.keyText(), .{}, w);
+            try w.print(",\"in_page\":{d}", .{k.in_page});
+        }
+        try w.writeByte('}');
     }
 };
 
 pub const Source = union(enum) {
     file: FileSource,
     webdataset: WdsSource,
+    db: DbSource,
     /// A streamed list of in-memory items, compiled into tests only: it
     /// drives the reader stage through the real pipeline.
     test_stream: if (builtin.is_test) TestStream else void,
@@ -138,8 +191,7 @@ pub const Source = union(enum) {
         return switch (config.source_type) {
             .file => .{ .file = try FileSource.init(gpa, config, epoch) },
             .webdataset => .{ .webdataset = try WdsSource.init(gpa, config, epoch) },
-            // config.zig refuses it before a loader exists.
-            .db => unreachable,
+            .db => .{ .db = try DbSource.init(gpa, config, epoch) },
         };
     }
 
@@ -147,6 +199,7 @@ pub const Source = union(enum) {
         switch (self.*) {
             .file => |*s| s.deinit(gpa),
             .webdataset => |*s| s.deinit(gpa),
+            .db => |*s| s.deinit(gpa),
             .test_stream => {},
         }
         self.* = undefined;
@@ -155,7 +208,7 @@ pub const Source = union(enum) {
     pub fn streams(self: *const Source) bool {
         return switch (self.*) {
             .file => false,
-            .webdataset, .test_stream => true,
+            .webdataset, .db, .test_stream => true,
         };
     }
 
@@ -165,6 +218,7 @@ pub const Source = union(enum) {
         return switch (self.*) {
             .file => |*s| s.prepare(gpa, io, canceled, failure),
             .webdataset => |*s| s.prepare(gpa, io, canceled, failure),
+            .db => |*s| s.prepare(gpa, failure),
             .test_stream => .{ .items = null },
         };
     }
@@ -173,7 +227,7 @@ pub const Source = union(enum) {
     pub fn fetch(self: *Source, gpa: Allocator, io: Io, seq: u64, scratch: *Scratch, diag: *decoder.Diagnostics) decoder.Error!Item {
         return switch (self.*) {
             .file => |*s| s.fetch(gpa, io, seq, scratch, diag),
-            .webdataset, .test_stream => unreachable, // streams
+            .webdataset, .db, .test_stream => unreachable, // streams
         };
     }
 
@@ -183,6 +237,7 @@ pub const Source = union(enum) {
         switch (self.*) {
             .file => unreachable, // random access
             .webdataset => |*s| s.stream(gpa, stage),
+            .db => |*s| s.stream(gpa, stage),
             .test_stream => |*s| if (builtin.is_test) s.run(gpa, stage),
         }
     }
@@ -194,6 +249,7 @@ pub const Source = union(enum) {
             .file => |*s| try s.describeItem(seq, w),
             // Its memory of recent items is behind a lock it must take.
             .webdataset => |*s| try @constCast(s).describeItem(seq, w),
+            .db => |*s| try @constCast(s).describeItem(seq, w),
             .test_stream => try w.print("streamed item {d}", .{seq}),
         }
     }
@@ -203,6 +259,7 @@ pub const Source = union(enum) {
         switch (self.*) {
             .file => |*s| try s.describe(w),
             .webdataset => |*s| try s.describe(w),
+            .db => |*s| try s.describe(w),
             .test_stream => try w.writeAll("a test stream"),
         }
     }
@@ -227,7 +284,20 @@ pub const Source = union(enum) {
                 .num_workers = s.params.num_workers,
                 .position = position,
             },
+            .db => |*s| s.cursor(position),
             .test_stream => null,
+        };
+    }
+
+    /// The Dataroom stream's counters; null for other sources.
+    pub fn dataroomCounts(self: *const Source) ?DataroomCounts {
+        return switch (self.*) {
+            .db => |*s| blk: {
+                var out: DataroomCounts = .{};
+                inline for (comptime std.meta.fieldNames(DataroomCounts)) |name| @field(out, name) = @field(s.counts, name).load(.monotonic);
+                break :blk out;
+            },
+            else => null,
         };
     }
 
@@ -243,9 +313,22 @@ pub const Source = union(enum) {
                 .groups_too_large = s.counts.groups_too_large.load(.monotonic),
                 .cache = if (s.cache_dir != null) s.counts.cache.load() else null,
             },
-            .file, .test_stream => null,
+            .file, .db, .test_stream => null,
         };
     }
+};
+
+/// See `Source.dataroomCounts` and db_source.Counts.
+pub const DataroomCounts = struct {
+    pages: u64 = 0,
+    records: u64 = 0,
+    records_malformed: u64 = 0,
+    pages_malformed: u64 = 0,
+    blobs_missing: u64 = 0,
+    blobs_failed: u64 = 0,
+    refreshed: u64 = 0,
+    other_workers: u64 = 0,
+    duplicates: u64 = 0,
 };
 
 /// See `Source.shardCounts`.
@@ -287,6 +370,8 @@ pub const TestStream = struct {
 };
 
 comptime {
-    std.debug.assert(@sizeOf(Cursor) <= 64);
+    // Snapshots copy it: small, but room for a Dataroom id.
+    std.debug.assert(@sizeOf(Cursor) <= 64 + Cursor.Keyset.key_bytes_max + 16);
+    std.debug.assert(Cursor.Keyset.key_bytes_max == db_source.Marks.key_bytes_max);
     _ = runtime;
 }
