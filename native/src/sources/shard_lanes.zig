@@ -23,7 +23,7 @@ const Allocator = std.mem.Allocator;
 const source = @import("source.zig");
 
 pub const items_max = 64;
-pub const bytes_max = 8 * 1024 * 1024;
+pub const bytes_max = 1024 * 1024;
 
 pub const Lanes = struct {
     gpa: Allocator,
