@@ -18,6 +18,11 @@ With `--url` the datago engine reads WebDataset shards (a local path pattern or 
 instead of the folder; `--rank`/`--world-size` pass a rank split, and `--any-count` (for
 those) accepts up to `count` samples and records the sample ids, which compare.py checks for
 a disjoint, complete split.
+
+With `--db-sources` the datago engine reads the Dataroom server named by DATAROOM_API_URL /
+DATAROOM_API_KEY (`source_type: db`, `require_images: true`, `--page-size`). `--probe-page-waits`
+adds one untimed pass (ours only: it needs `client.stats()`) that measures how long the
+consumer waits on pages: see `PageWaitProbe`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import resource
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -61,6 +67,9 @@ class Job:
     rank: int = 0
     world_size: int = 1
     any_count: bool = False  # accept <= count samples and record their ids (rank runs)
+    db_sources: str | None = None  # a Dataroom server's `sources` instead of the folder
+    page_size: int = 100
+    probe_page_waits: bool = False  # one more, untimed, pass with PageWaitProbe (db, ours)
 
     def paths(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -130,6 +139,7 @@ class Engine:
     run_pass: Callable[[PassClock], None]
     versions: dict[str, str] = field(default_factory=dict)
     child_processes: int = 0  # worker processes whose peak RSS adds to the engine's
+    probe_pass: Callable[[int], dict[str, Any]] | None = None  # datago: the page-wait probe
 
 
 # --------------------------------------------------------------------------
@@ -146,12 +156,15 @@ def datago_engine(job: Job) -> Engine:
         where = getattr(datago, "__file__", None) or list(getattr(datago, "__path__", []))
         raise RuntimeError(f"'datago' from {where} has no DatagoClient (not built or installed?)")
     source: dict[str, Any] = {"root_path": str(job.root)}
-    if job.url is not None:
+    source_type = "file" if job.url is None else "webdataset"
+    if job.db_sources is not None:
+        source_type, source = "db", {"sources": job.db_sources, "page_size": job.page_size, "require_images": True}
+    elif job.url is not None:
         source = {"url": job.url, "reference_image_type": job.image_type, "concurrent_downloads": job.concurrent_downloads}
         if job.world_size > 1:
             source.update(rank=job.rank, world_size=job.world_size)
     config: dict[str, Any] = {
-        "source_type": "file" if job.url is None else "webdataset",
+        "source_type": source_type,
         "source_config": source,
         "limit": job.count,
         "samples_buffer_size": 64,
@@ -171,11 +184,91 @@ def datago_engine(job: Job) -> Engine:
         finally:
             client.stop()
 
+    def probe_pass(count: int) -> dict[str, Any]:
+        client = client_class(config_json)
+        if not hasattr(client, "stats"):
+            raise Skip("this datago has no stats(): page waits cannot be told apart")
+        probe = PageWaitProbe(client, count)
+        return probe.run()
+
     # A checkout on PYTHONPATH has no distribution metadata: ask the module.
     version = _version("datago")
     if version == "unknown":
         version = str(getattr(datago, "__version__", "unknown"))
-    return Engine(run_pass, {"datago": version, "datago_path": str(datago.__file__)})
+    return Engine(run_pass, {"datago": version, "datago_path": str(datago.__file__)}, probe_pass=probe_pass)
+
+
+class PageWaitProbe:
+    """The share of a Dataroom pass that the consumer spends waiting on a page.
+
+    The main thread runs the pass as `run_pass` does and marks each `get_sample()` call as
+    blocked; its exact blocked time is summed. A second thread wakes every `interval_s` and,
+    while the main thread is blocked waiting for sample n (0-based: n samples received), reads
+    `client.stats()["dataroom"]["records"]`, the records the page thread has received so far: when
+    that is <= n, record n is on a page not yet answered, so the consumer waits on a page
+    (otherwise on a blob download or a decode). Page-wait time = the blocked time x the share of
+    blocked polls that found a page missing; as a share of the pass (client built to last sample).
+    The polls cost CPU, so this runs as an extra pass, outside the timed ones."""
+
+    def __init__(self, client: Any, count: int, interval_s: float = 0.002) -> None:
+        self.client, self.count, self.interval_s = client, count, interval_s
+        self.received = 0
+        self.blocked = False
+        self.done = False
+        self.polls = self.blocked_polls = self.page_polls = 0
+        self._stop = threading.Event()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.polls += 1
+            if not self.blocked:
+                continue
+            waiting_for = self.received
+            records = self.client.stats()["dataroom"]["records"]
+            if self.blocked and self.received == waiting_for:  # still the same wait
+                self.blocked_polls += 1
+                self.page_polls += records <= waiting_for
+
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        poller = threading.Thread(target=self._poll, daemon=True)
+        poller.start()
+        blocked_s = 0.0
+        client = self.client
+        client.start()
+        try:
+            while True:
+                self.blocked = True
+                before = time.perf_counter()
+                sample = client.get_sample()
+                blocked_s += time.perf_counter() - before
+                self.blocked = False
+                if sample is None:
+                    break
+                sample.image.to_numpy_array()
+                self.received += 1
+            end = time.perf_counter()
+            stats = client.stats()
+        finally:
+            client.stop()
+            self._stop.set()
+            poller.join()
+        wall_s = end - start
+        page_fraction = self.page_polls / self.blocked_polls if self.blocked_polls else 0.0
+        return {
+            "samples": self.received,
+            "wall_s": wall_s,
+            "blocked_s": blocked_s,
+            "blocked_share": blocked_s / wall_s,
+            "page_wait_s": blocked_s * page_fraction,
+            "page_wait_share": blocked_s * page_fraction / wall_s,
+            "polls": self.polls,
+            "blocked_polls": self.blocked_polls,
+            "page_polls": self.page_polls,
+            "interval_s": self.interval_s,
+            "dataroom": stats.get("dataroom"),
+            "consumer_wait": stats.get("consumer_wait"),
+        }
 
 
 def pil_loop_engine(job: Job) -> Engine:
@@ -334,6 +427,11 @@ def run(job: Job) -> dict[str, Any]:
         except RuntimeError as error:
             raise RuntimeError(f"pass {index + 1}: {error}") from None
         shapes, ids = clock.shapes, clock.ids
+    probe = None
+    if job.probe_page_waits and engine.probe_pass is not None:
+        probe = engine.probe_pass(job.count)
+        if probe["samples"] != job.count:
+            raise RuntimeError(f"page-wait pass: delivered {probe['samples']} images, expected {job.count}")
     own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child
     return {
@@ -345,6 +443,7 @@ def run(job: Job) -> dict[str, Any]:
         "shapes": dict(shapes),
         "versions": engine.versions,
         **({"ids": ids} if job.any_count else {}),
+        **({"page_waits": probe} if probe is not None else {}),
     }
 
 
@@ -373,6 +472,9 @@ def parse_job(argv: list[str] | None) -> tuple[Job, Path]:
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--any-count", action="store_true", help="accept <= --count samples, record ids")
+    parser.add_argument("--db-sources", help="read the Dataroom server of DATAROOM_API_URL (these `sources`)")
+    parser.add_argument("--page-size", type=int, default=100, help="page_size with --db-sources")
+    parser.add_argument("--probe-page-waits", action="store_true", help="one more pass: time waiting on pages")
     args = parser.parse_args(argv)
     job = Job(
         engine=args.engine,
@@ -388,6 +490,9 @@ def parse_job(argv: list[str] | None) -> tuple[Job, Path]:
         rank=args.rank,
         world_size=args.world_size,
         any_count=args.any_count,
+        db_sources=args.db_sources,
+        page_size=args.page_size,
+        probe_page_waits=args.probe_page_waits,
     )
     return job, args.out
 

@@ -6,6 +6,7 @@
     python bench/compare.py --engines reference,pil,pil-loop,ceiling \
         --sets jpeg1mp --workloads decode,bucket512 --cores 1,2
     python bench/compare.py --suite wds           # WebDataset shards: local and over loopback HTTP
+    python bench/compare.py --suite db            # a Dataroom test server with 20 ms per response
 
 Engines (each in a fresh process, `_worker.py`):
   ours       `import datago` with this interpreter (or --ours-python) and the repository root
@@ -62,6 +63,23 @@ Sources (--sources, or --suite wds):
   rank 1 of world_size 2 (--world-size), pinned like the largest --cores; the report gives
   the body bytes the server sent each rank as a share of all shard bytes, and checks that
   the ranks' sample ids are disjoint and complete.
+
+Dataroom (--sources db, or --suite db: jpeg1mp decode and bucket512, ours and the reference):
+  db         tests/dataroom_server.py (the protocol-faithful test server) in its own process
+             (_dataroom_server.py), one record per corpus image (id = file stem, the JPEG as its
+             blob, source "BENCH"), --db-latency (20 ms) added to every response: pages and blobs.
+             Pinned like the shard server (outside the measured CPUs when there are any), its CPU
+             never counted in an engine's. Both engines get DATAROOM_API_URL / DATAROOM_API_KEY,
+             `{"sources": "BENCH", "page_size": --page-size (100), "require_images": true}`,
+             limit = corpus size (= the records: no `limit + 1` over-delivery, as with files;
+             each pass must still deliver exactly the corpus size), and their own blob concurrency
+             (the reference has no setting for it; ours' default concurrent_downloads, 16).
+- Page waits (ours): one more, untimed, pass in the same process (_worker.PageWaitProbe) times
+  each get_sample() and, from a thread polling every 2 ms while it blocks, reads
+  stats()["dataroom"]["records"]: when that is <= the index of the sample awaited, the record is
+  on a page not yet answered. Page-wait share = blocked time x the share of blocked polls that
+  found the page missing, over the pass (client built to last sample, first page included).
+- The server's log gives pages and blobs per pass and any status other than 200.
 """
 
 from __future__ import annotations
@@ -127,12 +145,17 @@ TARGET_PAIRS = [
     ("jpeg4mp", "bucket1024"), ("jpegvar", "bucket512"), ("png1mp", "decode"), ("tiny64", "decode"),
 ]
 DEFAULT_WORKLOADS = "decode,bucket512"
-SOURCES = ["file", "wds-local", "wds-http"]
+SOURCES = ["file", "wds-local", "wds-http", "db"]
 WDS_SOURCES = {"wds-local", "wds-http"}
+WDS_SOURCES_ORDER = ["file", "wds-local", "wds-http"]  # --suite wds
 # `--suite wds`: the WebDataset rows, ours against its file source and the reference over HTTP.
 WDS_PAIRS = [("jpeg1mp", "decode"), ("jpeg1mp", "bucket512"), ("tiny64", "decode")]
 WDS_SHARDS = 8
 SHARD_SERVER = BENCH_DIR / "_shard_server.py"
+# `--suite db`: a Dataroom test server whose records' blobs are the corpus images.
+DB_PAIRS = [("jpeg1mp", "decode"), ("jpeg1mp", "bucket512")]
+DATAROOM_SERVER = BENCH_DIR / "_dataroom_server.py"
+DB_SOURCES = "BENCH"  # the records' `source`, and the engines' `sources`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +181,8 @@ class Settings:
     suite: str | None = None
     concurrent_downloads: int = 8
     world_size: int = 2  # rank runs with wds-http; 0: none
+    page_size: int = 100  # db: both engines
+    db_latency_s: float = 0.02  # db: added to every response of the test server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +393,55 @@ class ShardHost:
             self.process.kill()
 
 
+class DataroomHost:
+    """_dataroom_server.py (tests/dataroom_server.py) in its own process, one record per image."""
+
+    def __init__(self, corpus: Corpus, latency_s: float, log: Path) -> None:
+        command = [sys.executable, str(DATAROOM_SERVER), "--root", str(corpus.root), "--source", DB_SOURCES,
+                   "--latency", str(latency_s), "--log", str(log)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        try:
+            hello = json.loads(line)
+        except json.JSONDecodeError:
+            self.process.kill()
+            raise RuntimeError(f"the Dataroom server did not start: {line!r}") from None
+        if hello["records"] != corpus.count:
+            raise RuntimeError(f"the Dataroom server holds {hello['records']} records, not {corpus.count}")
+        self.env = {"DATAROOM_API_URL": hello["api_url"], "DATAROOM_API_KEY": hello["token"]}
+        self.cpus = sorted(os.sched_getaffinity(0))
+
+    pin_away_from = ShardHost.pin_away_from
+    cpu_s = ShardHost.cpu_s
+
+    def stats(self) -> dict[str, Any]:
+        """Requests, statuses and body bytes per endpoint so far (see _dataroom_server.py)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("stats\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    @staticmethod
+    def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for what in ("requests", "statuses", "bytes", "incomplete"):
+            keys = set(before[what]) | set(after[what])
+            out[what] = {k: after[what].get(k, 0) - before[what].get(k, 0) for k in sorted(keys)}
+            out[what] = {k: v for k, v in out[what].items() if v}
+        out["page_queries"] = after["page_queries"][-3:]
+        return out
+
+    def stop(self) -> None:
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write("stop\n")
+            self.process.stdin.close()
+            self.process.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+
+
 def server_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     """What the server did between two /_stats answers, summed over paths."""
 
@@ -427,11 +501,13 @@ class Where:
 
     source: str = "file"
     shards: Shards | None = None
-    host: ShardHost | None = None
+    host: ShardHost | DataroomHost | None = None
 
     def worker_options(self, settings: Settings) -> dict[str, Any]:
         if self.source == "file":
             return {}
+        if self.source == "db":
+            return {"db-sources": DB_SOURCES, "page-size": settings.page_size}
         assert self.shards is not None
         base = str(self.shards.folder) if self.source == "wds-local" else self.host.base  # type: ignore[union-attr]
         return {
@@ -453,7 +529,7 @@ def run_engine(
         skip = {"status": "skipped", "reason": "single-threaded: its 1-core row is its figure"}
         return Run(*head, None, skip, source=where.source)
     cpus = sorted(os.sched_getaffinity(0))[:cores]
-    host = where.host if where.source == "wds-http" else None
+    host = where.host if where.source in ("wds-http", "db") else None
     if host is not None:
         host.pin_away_from(cpus)
         before, server_cpu_s = host.stats(), host.cpu_s()
@@ -465,11 +541,15 @@ def run_engine(
         "passes": settings.passes,
         "loader-workers": settings.loader_workers,
         **where.worker_options(settings),
+        **({"probe-page-waits": ""} if where.source == "db" and engine == "ours" else {}),
     }
     result = run_worker(engine, python, corpus, cpus, options, settings.timeout_s)
     others = meter.others_share()
     server = None
-    if host is not None:
+    if isinstance(host, DataroomHost):
+        server = host.delta(before, host.stats())
+        server.update(cpu_s=host.cpu_s() - server_cpu_s, cpus=host.cpus)
+    elif host is not None:
         server = server_delta(before, host.stats())
         shard_bytes = where.shards.total_bytes  # type: ignore[union-attr]
         server.update(cpu_s=host.cpu_s() - server_cpu_s, cpus=host.cpus, shard_bytes=shard_bytes)
@@ -608,6 +688,8 @@ def engines_for(settings: Settings, source: str) -> list[str]:
     over HTTP); in the wds suite the file source is ours' baseline only."""
     if source == "file":
         return ["ours"] if settings.suite == "wds" and "ours" in settings.engines else settings.engines
+    if source == "db":
+        return [engine for engine in settings.engines if engine in {"ours", "reference"}]
     readers = {"ours"} if source == "wds-local" else {"ours", "reference"}
     return [engine for engine in settings.engines if engine in readers]
 
@@ -639,11 +721,15 @@ def run_all(settings: Settings) -> Results:
         log = settings.cache / "shard-server.log"
         log.unlink(missing_ok=True)
         host = ShardHost(sorted({s.folder for s in shards.values()}), log)
+    db_host = None
     try:
         for corpus in corpora:
             warm_page_cache(corpus, shards.get(corpus.name))
+            if "db" in settings.sources:
+                db_host = DataroomHost(corpus, settings.db_latency_s, settings.cache / "dataroom-server.log")
+                os.environ.update(db_host.env)  # run_worker passes os.environ on
             for _, workload, cores, source, engine in [p for p in plan if p[0] is corpus]:
-                where = Where(source, shards.get(corpus.name), host)
+                where = Where(source, shards.get(corpus.name), db_host if source == "db" else host)
                 run = run_settled(settings, engine, pythons[engine], corpus, workload, cores, where)
                 out.runs.append(run)
                 print(f"[{len(out.runs)}/{len(plan)}] {_progress(run, corpus)}", file=sys.stderr)
@@ -654,9 +740,14 @@ def run_all(settings: Settings) -> Results:
                     for rank in ranks:
                         share = rank.result.get("reason") or f"{rank_share(rank, shards):.0%} of the shard bytes"
                         print(f"{corpus.name} {engine} rank {rank.rank}/{rank.world_size}: {share}", file=sys.stderr)
+            if db_host is not None:
+                db_host.stop()
+                db_host = None
     finally:
         if host is not None:
             host.stop()
+        if db_host is not None:
+            db_host.stop()
     return out
 
 
@@ -669,7 +760,9 @@ def _progress(run: Run, corpus: Corpus) -> str:
     if not run.ok:
         return f"{head} {run.result['status']}: {run.result['reason']}"
     figures = compute_figures(run, corpus)
-    return f"{head} {figures.images_per_s:.1f} img/s, {figures.cpu_ms:.2f} CPU ms/img"
+    waits = run.result.get("page_waits")
+    tail = f", page wait {100 * waits['page_wait_share']:.1f}% of the pass" if waits else ""
+    return f"{head} {figures.images_per_s:.1f} img/s, {figures.cpu_ms:.2f} CPU ms/img{tail}"
 
 
 # --------------------------------------------------------------------------
@@ -817,6 +910,8 @@ def _server_note(run: Run, corpus: Corpus) -> str:
     """The shard server's CPU per image, and what it sent when that was not passes x the shards."""
     if run.server is None:
         return ""
+    if run.source == "db":
+        return _db_note(run, corpus)
     server, passes = run.server, len(run.result["passes"])
     where = "outside the measured CPUs" if run.cores < len(os.sched_getaffinity(0)) else "sharing the measured CPUs"
     per_image_ms = 1000 * server["cpu_s"] / (passes * corpus.count)
@@ -828,6 +923,49 @@ def _server_note(run: Run, corpus: Corpus) -> str:
             f" ({server['ranged']} ranged, {server['incomplete']} cut)"
         )
     return "; ".join(notes)
+
+
+def _db_note(run: Run, corpus: Corpus) -> str:
+    """Page waits (ours), the Dataroom server's CPU per image and requests per pass."""
+    server = run.server
+    assert server is not None
+    passes = len(run.result["passes"]) + ("page_waits" in run.result)  # the probe pass is a pass too
+    notes = []
+    waits = run.result.get("page_waits")
+    if waits:
+        notes.append(f"page wait {100 * waits['page_wait_share']:.1f}% of the pass (blocked in get_sample"
+                     f" {100 * waits['blocked_share']:.0f}%)")
+    where = "outside the measured CPUs" if run.cores < len(os.sched_getaffinity(0)) else "sharing the measured CPUs"
+    per_image_ms = 1000 * server["cpu_s"] / (passes * corpus.count)
+    notes.append(f"server {per_image_ms:.2f} CPU ms/img, {where}")
+    requests = server["requests"]
+    notes.append(f"per pass {requests.get('list', 0) / passes:g} pages, {requests.get('blob', 0) / passes:g} blobs")
+    odd = {k: v for k, v in server["statuses"].items() if not k.endswith(" 200")}
+    other = {k: v for k, v in requests.items() if k not in ("list", "blob")}
+    if odd or other or any(server["incomplete"].values()):
+        notes.append(f"server: statuses {odd}, other requests {other}, cut {server['incomplete']}")
+    return "; ".join(notes)
+
+
+def db_target_checks(runs: list[Run], corpora: dict[str, Corpus]) -> list[str]:
+    """The Dataroom targets: ours >= 1.5x the reference's samples/s; page waits <= 5% of the run."""
+    figures = {(*r.key, r.engine): compute_figures(r, corpora[r.set]) for r in runs if r.ok}
+    rows = []
+    for run in runs:
+        if run.source != "db" or run.engine != "ours" or not run.ok:
+            continue
+        plural = "s" * (run.cores > 1)
+        ours, ref = figures[(*run.key, "ours")], figures.get((*run.key, "reference"))
+        if ref:
+            value = ours.images_per_s / ref.images_per_s
+            rows.append(f"| {run.set} {run.workload}, samples/s: ours / reference >= 1.5 ({run.cores} core{plural})"
+                        f" | {value:.2f}x | {'yes' if value >= 1.5 else 'no'} |")
+        waits = run.result.get("page_waits")
+        if waits:
+            share = 100 * waits["page_wait_share"]
+            rows.append(f"| {run.set} {run.workload}, ours waiting on pages <= 5% of the pass ({run.cores} core{plural})"
+                        f" | {share:.1f}% | {'yes' if share <= 5 else 'no'} |")
+    return rows
 
 
 def wds_target_checks(runs: list[Run], corpora: dict[str, Corpus], ranks: list[RankRun], shards: dict[str, Shards]) -> list[str]:
@@ -966,11 +1104,24 @@ def markdown(settings: Settings, results: Results, meta: dict[str, Any], chart_n
             " to the CPUs outside the measured ones when there are any; with as many cores as the machine has, it"
             " shares them. Its CPU is never in an engine's CPU ms/img, and not in \"others\"; the note gives it.",
         ]
+    if "db" in settings.sources:
+        lines += [
+            "",
+            f"db: tests/dataroom_server.py in its own process (bench/_dataroom_server.py), one record per image,"
+            f" {1000 * settings.db_latency_s:g} ms added to every response (pages and blobs), listen backlog 128;"
+            f" both engines: `sources` \"{DB_SOURCES}\", page_size {settings.page_size}, require_images, limit ="
+            " the record count, their default blob concurrency (ours 16; the reference has no setting). The server"
+            " is pinned outside the measured CPUs when there are any (1 core), else shares them (2 cores); its CPU is"
+            " never in an engine's CPU ms/img, nor in \"others\"; the note gives it. Page wait (ours): an extra,"
+            " untimed pass (bench/_worker.py PageWaitProbe): time blocked in get_sample() while"
+            " stats()[\"dataroom\"][\"records\"] shows the awaited record's page not yet answered, over the pass.",
+        ]
     lines += ["", *table(runs, by_name, settings.ratio_to), ""]
     if results.ranks:
         lines += ["## Bytes per rank (HTTP)", "", *rank_table(results.ranks, results.shards), ""]
-    checks = [] if settings.suite == "wds" else target_checks([r for r in runs if r.source == "file"], by_name)
+    checks = [] if settings.suite in ("wds", "db") else target_checks([r for r in runs if r.source == "file"], by_name)
     checks += wds_target_checks(runs, by_name, results.ranks, results.shards)
+    checks += db_target_checks(runs, by_name)
     if checks:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|", *checks, ""]
     lines += [f"- {engine}: {info}" for engine, info in versions(runs).items()]
@@ -997,6 +1148,8 @@ def not_run_notes(settings: Settings) -> list[str]:
         missing = [engine for engine in settings.engines if engine not in engines_for(settings, source)]
         if missing and source == "file":
             notes.append(f"{', '.join(missing)} not run on the folder: the wds suite's file rows are ours' baseline")
+        elif missing and source == "db":
+            notes.append(f"{', '.join(missing)} not run on db: only the datago engines read a Dataroom server")
         elif missing:
             why = "the reference reads only http(s) URLs; " if source == "wds-local" and "reference" in missing else ""
             notes.append(f"{', '.join(missing)} not run on {source}: {why}only the datago engines read shards")
@@ -1103,10 +1256,15 @@ def parse_settings(argv: list[str] | None) -> Settings:
     parser.add_argument("--cores", default="1,2", help="CPU counts to pin each run to")
     parser.add_argument(
         "--suite",
-        choices=["targets", "wds"],
+        choices=["targets", "wds", "db"],
         help="targets: the fast-path issue's rows (jpeg1mp decode/512/1024, jpeg4mp 1024, jpegvar 512,"
         " png1mp decode, tiny64 decode) instead of --sets x --workloads, with a target check; wds: jpeg1mp"
-        " decode/512 and tiny64 decode from the folder, local shards and HTTP, bytes per rank, WDS targets",
+        " decode/512 and tiny64 decode from the folder, local shards and HTTP, bytes per rank, WDS targets;"
+        " db: jpeg1mp decode/512 from a Dataroom test server, ours and the reference, Dataroom targets",
+    )
+    parser.add_argument("--page-size", type=int, default=100, help="db: page_size, both engines")
+    parser.add_argument(
+        "--db-latency", type=float, default=20, help="db: milliseconds the test server adds to every response"
     )
     parser.add_argument(
         "--sources", help=f"from {', '.join(SOURCES)} (default: file; --suite wds: all three)"
@@ -1157,6 +1315,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
         pairs = TARGET_PAIRS
     elif args.suite == "wds":
         pairs = WDS_PAIRS
+    elif args.suite == "db":
+        pairs = DB_PAIRS
     else:
         pairs = [(s, w) for s in _names(args.sets, COUNTS, "sets") for w in _names(args.workloads, WORKLOADS, "workloads")]
     sets = list(dict.fromkeys(s for s, _ in pairs))
@@ -1169,8 +1329,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
     if not all(1 <= c <= usable for c in cores):
         parser.error(f"--cores: each value must be in 1..{usable} (the CPUs this process may use)")
     _names(args.ratio_to, ENGINE_WORKERS, "--ratio-to engine")
-    engines = args.engines or ("ours,reference" if args.suite == "wds" else ",".join(ENGINE_WORKERS))
-    sources = args.sources or (",".join(SOURCES) if args.suite == "wds" else "file")
+    engines = args.engines or ("ours,reference" if args.suite in ("wds", "db") else ",".join(ENGINE_WORKERS))
+    sources = args.sources or {"wds": ",".join(WDS_SOURCES_ORDER), "db": "db"}.get(args.suite, "file")
     return Settings(
         engines=_names(engines, ENGINE_WORKERS, "engines"),
         sets=sets,
@@ -1193,6 +1353,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
         suite=args.suite,
         concurrent_downloads=args.concurrent_downloads,
         world_size=args.world_size,
+        page_size=args.page_size,
+        db_latency_s=args.db_latency / 1000,
     )
 
 
