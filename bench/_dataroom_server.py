@@ -4,7 +4,7 @@
 
 Adds one record per image of the folder (id = file stem, the image bytes as its blob, source
 `--source`), starts the server with `latency_s` on every response (pages, records and blobs),
-a listen backlog of LISTEN_BACKLOG (see below), and prints one JSON line: `{"api_url": ..., "token": ..., "records": n}`. Then it answers
+and prints one JSON line: `{"api_url": ..., "token": ..., "records": n}`. Then it answers
 commands on stdin, one per line, with one JSON line on stdout:
 
   stats    requests, statuses, body bytes and incomplete responses per endpoint so far, and
@@ -23,16 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import dataroom_server  # noqa: E402
 from dataroom_server import DataroomServer  # noqa: E402
-
-# The test server is a socketserver.ThreadingHTTPServer, which listens with a backlog of 5: a
-# client opening 16 blob connections at once overflows it, the kernel drops the extra SYNs and
-# the client resends them after 1 s (48 blobs over 16 connections: 1.2 s instead of 0.05 s).
-# Both engines open many connections, so the bench raises the backlog (the class attribute
-# that socketserver reads when the server binds); nothing else of the server changes.
-LISTEN_BACKLOG = 128
-dataroom_server._Server.request_queue_size = LISTEN_BACKLOG
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -266,6 +266,10 @@ class ShardServer:
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a client that
+    # opens many connections at once (16 blob downloads, 8 shard lanes); the
+    # kernel resends them after 1 s, which slows every such test by seconds.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], owner: ShardServer) -> None:
         self.owner = owner
