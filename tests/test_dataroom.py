@@ -189,6 +189,25 @@ def test_transient_500s_are_retried_and_nothing_is_lost(server: DataroomServer) 
     assert ids(samples) == [f"img_{i:04d}" for i in range(25)]
 
 
+def test_429_with_retry_after_is_honoured_and_nothing_is_lost(server: DataroomServer) -> None:
+    server.fail_pages(429, first=2, times=2, retry_after="0")
+    samples = read_all(db_config())
+    assert ids(samples) == [f"img_{i:04d}" for i in range(25)]
+    assert [p.status for p in server.requests("list")][:4] == [200, 429, 429, 200]
+
+
+def test_a_truncated_image_blob_fails_only_its_sample(server: DataroomServer) -> None:
+    server.set_blob_fault("img_0005", "image", BlobFault(truncate_to=600))
+    client = datago.DatagoClient(db_config(require_images=True))
+    got = []
+    while (sample := client.get_sample()) is not None:
+        got.append(sample.id)
+    stats = client.stats()
+    client.stop()
+    assert got == [f"img_{i:04d}" for i in range(25) if i != 5]
+    assert stats["failed"] == 1 and sum(stats["errors"].values()) == 1
+
+
 def test_a_non_json_page_is_asked_again(server: DataroomServer) -> None:
     server.fail_pages(200, first=2, times=1, body=b"<html>oops</html>", content_type="text/html")
     client = datago.DatagoClient(db_config())
