@@ -124,7 +124,6 @@ import math
 import random
 import re
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -132,14 +131,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from local_http_server import LocalHandler, LocalHttpServer, TrackingHTTPServer
 from PIL import Image
 
-# A stuck client must not hold a handler thread forever.
-_HANDLER_TIMEOUT_S = 30.0
-# How long `stop` waits for handler threads to end after their sockets closed.
-_JOIN_TIMEOUT_S = 5.0
-# How often serve_forever looks at its shutdown flag: bounds `stop`'s latency.
-_POLL_INTERVAL_S = 0.02
 # Body bytes written per send, so a cut lands inside a body.
 _CHUNK_BYTES = 16 * 1024
 
@@ -393,7 +387,7 @@ class _Cut(Exception):
     """The handler dropped the connection on purpose."""
 
 
-class DataroomServer:
+class DataroomServer(LocalHttpServer):
     """The Dataroom API over an in-memory dataset; see the module docstring.
 
     Thread-safe: the test thread may add records, set faults and read the log
@@ -429,49 +423,9 @@ class DataroomServer:
         self._page_faults: list[PageFault] = []
         self._blob_faults: dict[str | None, BlobFault] = {}
         self._log: list[RequestRecord] = []
-        self._changed = threading.Condition(threading.RLock())
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
         self._added = 0
         self._arrived = 0
-        self._httpd = _Server(("127.0.0.1", 0), _Handler, self)
-        self.port: int = self._httpd.server_address[1]
-        self._serve_thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> DataroomServer:
-        self._serve_thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(_POLL_INTERVAL_S,), name="dataroom-server", daemon=True)
-        self._serve_thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving, drops open connections and ends every delay. Idempotent."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        if self._serve_thread is not None:
-            self._httpd.shutdown()
-            self._serve_thread.join(_JOIN_TIMEOUT_S)
-        with self._changed:
-            connections = list(self._connections)
-            threads = list(self._threads)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._httpd.server_close()
-        for thread in threads:
-            thread.join(_JOIN_TIMEOUT_S)
-
-    def __enter__(self) -> DataroomServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__(_Handler, name="dataroom-server", server_class=_Server)
 
     # -- addresses ---------------------------------------------------------
 
@@ -725,16 +679,6 @@ class DataroomServer:
         logged once its response is written or cut."""
         self.wait_until(lambda: len(self.requests(endpoint)) >= count, timeout_s, f"{count} requests of {endpoint}")
         return self.requests(endpoint)
-
-    def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-        """Waits for `predicate` on the server's state, woken by every logged request."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; log: {self._log}")
-                self._changed.wait(left)
 
     def _arrival(self) -> int:
         with self._changed:
@@ -1210,35 +1154,8 @@ def synthetic_record(
 # -- HTTP --------------------------------------------------------------------
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default backlog of 5 drops the SYNs of a client that
-    # opens many connections at once (16 blob downloads, 8 shard lanes); the
-    # kernel resends them after 1 s, which slows every such test by seconds.
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], owner: DataroomServer) -> None:
-        self.owner = owner
-        super().__init__(address, handler)
-
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
-        with self.owner._changed:
-            self.owner._threads.append(thread)
-        thread.start()
-
-    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        with self.owner._changed:
-            self.owner._connections.add(request)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            with self.owner._changed:
-                self.owner._connections.discard(request)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients that hang up mid-response are expected here.
-        pass
+class _Server(TrackingHTTPServer):
+    owner: DataroomServer
 
 
 _ROUTES = (
@@ -1284,14 +1201,9 @@ _S3_ERRORS = {
 }
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(LocalHandler):
     server_version = "DataroomTestServer/1"
-    timeout = _HANDLER_TIMEOUT_S
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         self._handle()

@@ -33,7 +33,6 @@ A stall waits on the server's stop event, so stopping never waits for it.
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import socket
@@ -41,23 +40,15 @@ import ssl
 import struct
 import tarfile
 import tempfile
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from local_http_server import HANDLER_TIMEOUT_S, LocalHandler, LocalHttpServer, TrackingHTTPServer
 from PIL import Image
 
-# A request line, headers and a body are small in these tests; a stuck
-# client must not hold a handler thread forever.
-_HANDLER_TIMEOUT_S = 30.0
-# How long `stop` waits for handler threads to end after their sockets closed.
-_JOIN_TIMEOUT_S = 5.0
-# How often serve_forever looks at its shutdown flag: bounds `stop`'s latency.
-_POLL_INTERVAL_S = 0.02
 # Body bytes written per send, so cuts and stalls land inside a body.
 _CHUNK_BYTES = 16 * 1024
 
@@ -112,29 +103,24 @@ class _Cut(Exception):
     """The handler dropped the connection on purpose."""
 
 
-class ShardServer:
+class ShardServer(LocalHttpServer):
     """Serves in-memory files over HTTP/1.1 (or HTTPS with `tls=True`).
 
     Use as a context manager; `url(path)` gives the address. Thread-safe: the
     test thread may add files and read the log while requests run.
+    `wait_until` wakes on every logged request and failed TLS handshake.
     """
 
     def __init__(self, *, tls: bool = False) -> None:
         self._resources: dict[str, _Resource] = {}
         self._log: list[RequestRecord] = []
-        self._changed = threading.Condition(threading.RLock())
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
         self.handshake_failures = 0
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self.ca_path: Path | None = None
         self._ssl_context: ssl.SSLContext | None = None
         if tls:
             self._setup_tls()
-        self._httpd = _Server(("127.0.0.1", 0), _Handler, self)
-        self.port: int = self._httpd.server_address[1]
-        self._serve_thread: threading.Thread | None = None
+        super().__init__(_Handler, name="shard-server", server_class=_Server)
 
     def _setup_tls(self) -> None:
         import trustme
@@ -150,38 +136,10 @@ class ShardServer:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> ShardServer:
-        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, args=(_POLL_INTERVAL_S,), name="shard-server", daemon=True)
-        self._serve_thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving, drops open connections and ends every stall. Idempotent."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        if self._serve_thread is not None:
-            self._httpd.shutdown()
-            self._serve_thread.join(_JOIN_TIMEOUT_S)
-        with self._changed:
-            connections = list(self._connections)
-            threads = list(self._threads)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._httpd.server_close()
-        for thread in threads:
-            thread.join(_JOIN_TIMEOUT_S)
+    def _stopped(self) -> None:
+        # Clients read the CA file; it goes once nothing is served any more.
         if self._tls_dir is not None:
             self._tls_dir.cleanup()
-
-    def __enter__(self) -> ShardServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- content -----------------------------------------------------------
 
@@ -231,17 +189,6 @@ class ShardServer:
         self.wait_until(lambda: len(self.requests(path)) >= count, timeout_s, f"{count} requests of {path}")
         return self.requests(path)
 
-    def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-        """Waits for `predicate` on the server's state, woken by every logged
-        request and failed TLS handshake."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; log: {self._log}")
-                self._changed.wait(left)
-
     def _record(self, record: RequestRecord) -> None:
         with self._changed:
             self._log.append(record)
@@ -264,29 +211,15 @@ class ShardServer:
             return True
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default backlog of 5 drops the SYNs of a client that
-    # opens many connections at once (16 blob downloads, 8 shard lanes); the
-    # kernel resends them after 1 s, which slows every such test by seconds.
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], owner: ShardServer) -> None:
-        self.owner = owner
-        super().__init__(address, handler)
-
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
-        with self.owner._changed:
-            self.owner._threads.append(thread)
-        thread.start()
+class _Server(TrackingHTTPServer):
+    owner: ShardServer
 
     def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         context = self.owner._ssl_context
         if context is not None:
             # The handshake runs on the connection's thread, so a client that
             # never finishes it blocks no one else.
-            request.settimeout(_HANDLER_TIMEOUT_S)
+            request.settimeout(HANDLER_TIMEOUT_S)
             try:
                 request = context.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError):
@@ -294,31 +227,18 @@ class _Server(http.server.ThreadingHTTPServer):
                     self.owner.handshake_failures += 1
                     self.owner._changed.notify_all()
                 return
-        with self.owner._changed:
-            self.owner._connections.add(request)
         try:
             super().finish_request(request, client_address)
         finally:
-            with self.owner._changed:
-                self.owner._connections.discard(request)
             if context is not None:
                 # socketserver closes the plain socket it accepted, which the
                 # TLS socket took over.
                 request.close()
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients that hang up mid-response are expected here.
-        pass
 
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(LocalHandler):
     server_version = "ShardServer/1"
-    timeout = _HANDLER_TIMEOUT_S
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         owner = self.server.owner
