@@ -278,12 +278,7 @@ pub const Watchdog = struct {
             const handle = slot.handle orelse continue;
             // Re-read under the lock: progress may have moved it.
             if (slot.deadline_ns.load(.acquire) > now) continue;
-            // Marked before the shutdown: the owner's blocked read returns
-            // end of stream right after it and must then see `fired`.
-            slot.fired.store(true, .release);
-            slot.deadline_ns.store(0, .release);
-            const stream: Io.net.Stream = .{ .socket = .{ .handle = handle, .address = undefined } };
-            stream.shutdown(w.io, .both) catch {};
+            w.fireLocked(slot, handle);
             count += 1;
         }
         return count;
@@ -298,13 +293,20 @@ pub const Watchdog = struct {
             slot.mutex.lockUncancelable(w.io);
             defer slot.mutex.unlock(w.io);
             const handle = slot.handle orelse continue;
-            slot.fired.store(true, .release);
-            slot.deadline_ns.store(0, .release);
-            const stream: Io.net.Stream = .{ .socket = .{ .handle = handle, .address = undefined } };
-            stream.shutdown(w.io, .both) catch {};
+            w.fireLocked(slot, handle);
             count += 1;
         }
         return count;
+    }
+
+    /// Shuts the slot's socket down; the slot's mutex is held.
+    fn fireLocked(w: *Watchdog, slot: *Slot, handle: Io.net.Socket.Handle) void {
+        // Marked before the shutdown: the owner's blocked read returns end
+        // of stream right after it and must then see `fired`.
+        slot.fired.store(true, .release);
+        slot.deadline_ns.store(0, .release);
+        const stream: Io.net.Stream = .{ .socket = .{ .handle = handle, .address = undefined } };
+        stream.shutdown(w.io, .both) catch {};
     }
 
     /// Ticks every `period_ms` until `stop`. For a thread of its own.
