@@ -45,9 +45,13 @@ def test_rss_is_bounded_and_does_not_drift(tmp_path: Path) -> None:
     result = run_python(code, timeout=600)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout.splitlines()[-1])
-    print("RSS MiB: base", data["base"] >> 20, "peak", data["peak"] >> 20, "after passes", [a >> 20 for a in data["after"]])
+    print("RSS KiB: base", data["base"] >> 10, "peak", data["peak"] >> 10, "after passes", [a >> 10 for a in data["after"]])
     assert data["samples"] == 20_000
     bound = (BUFFER + PREFETCH + THREADS) * FRAME + 64 * 2**20
     assert data["peak"] - data["base"] <= bound, (data["peak"] - data["base"]) / 2**20
-    steady, last = data["after"][1], data["after"][-1]
-    assert abs(last - steady) <= 0.02 * steady, data["after"]
+    # The allocator settles within the first passes (a step of 0.4-0.8 MiB
+    # by the third pass, then flat); a leak keeps growing, so the second half
+    # must stay within 2% of the first half's high-water mark.
+    after = data["after"]
+    steady = max(after[: len(after) // 2])
+    assert max(after[len(after) // 2 :]) - steady <= 0.02 * steady, after
