@@ -26,6 +26,8 @@ from ._native import ffi, lib
 
 _LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: 5}
 _READ_TIMEOUT_MS = 200
+# How long `flush` waits for the forwarding thread before reading itself.
+_FLUSH_WAIT_S = 2.0
 _BUFFER_BYTES = 1 << 16
 
 logging.addLevelName(5, "TRACE")
@@ -37,6 +39,12 @@ _read_lock = threading.Lock()
 _forwarder_pid: int | None = None
 _forwarder: threading.Thread | None = None
 _stopping = threading.Event()
+# `flush` asks the forwarding thread to drain (it is the only reader then,
+# so lines keep their order) and waits until it has: requests and the last
+# request served, counted under `_flushed`.
+_flushed = threading.Condition()
+_flush_requested = 0
+_flush_served = 0
 # Clients open in this process; the last one to close flushes the queue.
 _open_clients = 0
 _ENV_LEVEL_NAMES = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
@@ -46,8 +54,10 @@ def _reset_after_fork() -> None:
     # The forwarding thread does not survive fork() and may have held the
     # locks at that moment; the child starts its own thread on demand.
     global _lock, _read_lock, _forwarder_pid, _forwarder, _stopping, _open_clients
+    global _flushed, _flush_requested, _flush_served
     _lock, _read_lock, _forwarder_pid, _forwarder = threading.Lock(), threading.Lock(), None, None
     _stopping, _open_clients = threading.Event(), 0
+    _flushed, _flush_requested, _flush_served = threading.Condition(), 0, 0
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -76,7 +86,18 @@ def _read(timeout_ms: int) -> int:
 
 
 def _run(stopping: threading.Event) -> None:
+    global _flush_served
     while not stopping.is_set():
+        with _flushed:
+            requested = _flush_requested
+        if requested != _flush_served:
+            while _read(0):
+                pass
+            with _flushed:
+                _flush_served = requested
+                _flushed.notify_all()
+        # Returns early when `flush` wakes it (the library keeps a wake that
+        # comes before this wait).
         _read(_READ_TIMEOUT_MS)
 
 
@@ -99,6 +120,20 @@ def ensure_forwarding() -> None:
 def flush() -> None:
     """Forwards every line queued so far, synchronously (the forwarding
     thread does this on its own within a fraction of a second)."""
+    global _flush_requested
+    forwarder = _forwarder
+    if forwarder is not None and forwarder.is_alive() and _forwarder_pid == os.getpid() \
+            and threading.current_thread() is not forwarder:
+        # Reading here would wait for the lock the forwarder holds while it
+        # waits in the library (up to its read timeout on every close).
+        with _flushed:
+            _flush_requested += 1
+            ticket = _flush_requested
+        lib.datago_log_wake()
+        with _flushed:
+            if _flushed.wait_for(lambda: _flush_served - ticket >= 0 or not forwarder.is_alive(), timeout=_FLUSH_WAIT_S):
+                if forwarder.is_alive():
+                    return
     while _read(0):
         pass
 

@@ -382,6 +382,11 @@ datago_status datago_log_init(const char *level, int32_t *installed_out);
  * readable. Thread-safe. */
 void datago_log_capture(int32_t enabled);
 
+/* Makes a datago_log_read waiting now, or the next one about to wait,
+ * return at once with what is queued (possibly nothing): a host flushing its
+ * queue need not wait out its reading thread's timeout. Thread-safe. */
+void datago_log_wake(void);
+
 /* Waits up to timeout_ms (< 0: without limit) for captured lines and copies
  * whole lines into buffer while they fit, each "<level>\t<module>\t<message>\n"
  * with level 1 error, 2 warn, 3 info, 4 debug, 5 trace. *length_out gets the

@@ -332,6 +332,10 @@ export fn datago_log_capture(enabled: i32) void {
     log.setCapture(enabled != 0);
 }
 
+export fn datago_log_wake() void {
+    log.wakeReaders();
+}
+
 export fn datago_log_read(timeout_ms: i64, buffer: ?[*]u8, capacity: usize, length_out: ?*usize, dropped_out: ?*u64) Status {
     const out = buffer orelse return fail(.err_argument, "datago_log_read: buffer is NULL", .{});
     const length = length_out orelse return fail(.err_argument, "datago_log_read: length_out is NULL", .{});

@@ -62,6 +62,10 @@ var capture_head: usize = 0;
 var capture_len: usize = 0;
 var capture_dropped: u64 = 0;
 var capture_cond: std.Io.Condition = .init;
+/// Set by `wakeReaders`, cleared by the next `readCaptured` that would wait
+/// (so a wake that comes just before the wait is not lost); guarded by
+/// `write_mutex`.
+var wake_pending: bool = false;
 
 fn boot() std.Io {
     return std.Io.Threaded.global_single_threaded.io();
@@ -75,6 +79,7 @@ fn resetInChild() callconv(.c) void {
     capture_head = 0;
     capture_len = 0;
     capture_dropped = 0;
+    wake_pending = false;
 }
 
 var fork_handler_installed: std.atomic.Value(bool) = .init(false);
@@ -97,6 +102,17 @@ pub fn setCapture(on: bool) void {
     if (!on) capture_cond.broadcast(io);
 }
 
+/// Makes a `readCaptured` waiting now, or the next one about to wait,
+/// return at once (with what is queued, possibly nothing), so a host's flush
+/// need not wait out its reading thread's timeout.
+pub fn wakeReaders() void {
+    const io = boot();
+    write_mutex.lockUncancelable(io);
+    defer write_mutex.unlock(io);
+    wake_pending = true;
+    capture_cond.broadcast(io);
+}
+
 /// Waits up to `timeout_ms` (< 0: no limit) for captured lines and writes
 /// whole lines "<level digit>\t<scope>\t<message>\n" into `out` while they
 /// fit. Returns the bytes written; `dropped` receives (and resets) the count
@@ -110,7 +126,9 @@ pub fn readCaptured(timeout_ms: i64, out: []u8, dropped: *u64) usize {
             .raw = .fromMilliseconds(timeout_ms),
             .clock = .awake,
         } }, io);
-        while (capture_len == 0 and capture_enabled.load(.acquire)) capture_cond.waitTimeout(io, &write_mutex, deadline) catch break;
+        while (capture_len == 0 and capture_enabled.load(.acquire) and !wake_pending)
+            capture_cond.waitTimeout(io, &write_mutex, deadline) catch break;
+        wake_pending = false;
     }
     var written: usize = 0;
     while (capture_len > 0) {
@@ -321,6 +339,26 @@ test "captured lines queue, drop the oldest when full, and read back whole" {
         total += std.mem.count(u8, big[0..m], "\n");
     }
     try testing.expectEqual(@as(usize, capture_lines_max), total);
+}
+
+test "a wake ends a reader's wait, even one that starts after it" {
+    setCapture(true);
+    defer setCapture(false);
+    var out: [64]u8 = undefined;
+    var dropped: u64 = 0;
+    // Before the wait: kept, so this read without a time limit returns.
+    wakeReaders();
+    try testing.expectEqual(@as(usize, 0), readCaptured(-1, &out, &dropped));
+    // During the wait, from another thread.
+    const Waker = struct {
+        fn run() void {
+            std.Io.Threaded.global_single_threaded.io().sleep(.fromMilliseconds(20), .awake) catch {};
+            wakeReaders();
+        }
+    };
+    const waker = try std.Thread.spawn(.{}, Waker.run, .{});
+    try testing.expectEqual(@as(usize, 0), readCaptured(-1, &out, &dropped));
+    waker.join();
 }
 
 test "paths are escaped" {
