@@ -293,3 +293,16 @@ def test_stop_interrupts_a_stalled_http_read(tmp_path: Path) -> None:
         client.close()
         # Within seconds, not the stall's 120 s nor the read timeout's 300 s.
         wait_until(lambda: datago.live_cleanup_threads() == 0, timeout_s=20, what="the stopped reader to end")
+
+
+def test_a_pass_stopped_at_its_limit_ends_within_the_grace_period(tmp_path: Path, caplog) -> None:
+    # Stopping joins the lanes and the HTTP watchdog thread; the watchdog's
+    # tick used to sleep out its period and outlast the stop's grace period.
+    shards = make_shards(tmp_path, 4, 6)
+    with ShardServer() as server, caplog.at_level(logging.WARNING, logger="datago"):
+        pattern = serve(server, shards)
+        for _ in range(3):
+            with datago.DatagoClient(wds_config(pattern, top={"limit": 5})) as client:
+                assert len(drain(client)) == 5
+        wait_until(lambda: datago.live_cleanup_threads() == 0, what="the stopped passes to end")
+        assert not [m for m in warnings_of(caplog) if "still busy" in m]

@@ -200,6 +200,7 @@ pub const Watchdog = struct {
     io: Io,
     slots: [transfers_max]Slot = @splat(.{}),
     stopping: std.atomic.Value(bool) = .init(false),
+    stopped: Io.Event = .unset,
 
     const Slot = struct {
         /// Guards `handle` against the owner closing the socket while the
@@ -314,13 +315,20 @@ pub const Watchdog = struct {
         const period = std.math.clamp(period_ms, tick_ms_min, tick_ms_max);
         while (!w.stopping.load(.acquire)) {
             _ = w.tick();
-            w.io.sleep(.fromMilliseconds(period), .awake) catch return;
+            // Waits on `stopped` rather than sleeping: the stream that owns
+            // the watchdog joins this thread when a pass ends, and a sleep
+            // held every stopped pass past the pipeline's grace period.
+            w.stopped.waitTimeout(w.io, .{ .duration = .{ .raw = .fromMilliseconds(period), .clock = .awake } }) catch |err| switch (err) {
+                error.Timeout => {},
+                error.Canceled => return,
+            };
         }
     }
 
-    /// Ends `run` within one period. Threadsafe, idempotent.
+    /// Ends `run` at once. Threadsafe, idempotent.
     pub fn stop(w: *Watchdog) void {
         w.stopping.store(true, .release);
+        w.stopped.set(w.io);
     }
 
     /// The period that keeps a timeout's overshoot under a quarter of it.
