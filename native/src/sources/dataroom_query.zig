@@ -79,17 +79,13 @@ pub const derived_bytes_max = 4096;
 
 /// `?fields=...&sources=...&page_size=...` for the first page request.
 pub fn writeFirstPageQuery(db: *const config_mod.Dataroom, partition: Partition, w: *Io.Writer) Io.Writer.Error!void {
-    var fields_buffer: [derived_bytes_max]u8 = undefined;
-    var fields: Io.Writer = .fixed(&fields_buffer);
-    try writeFields(db, &fields);
-    var return_buffer: [derived_bytes_max]u8 = undefined;
-    var return_latents: Io.Writer = .fixed(&return_buffer);
-    writeReturnLatents(db, &return_latents) catch return error.WriteFailed;
+    var derived: Derived = undefined;
+    try derived.compute(db);
     var page_size_buffer: [16]u8 = undefined;
     const page_size = std.fmt.bufPrint(&page_size_buffer, "{d}", .{db.page_size}) catch unreachable;
 
     var q: Query = .{ .w = w };
-    try q.add("fields", fields.buffered());
+    try q.add("fields", derived.fields.buffered());
     try q.add("sources", db.sources);
     try q.add("sources__ne", db.sources_ne);
     try q.add("page_size", page_size);
@@ -104,7 +100,7 @@ pub fn writeFirstPageQuery(db: *const config_mod.Dataroom, partition: Partition,
     try q.add("lacks_masks", db.lacks_masks);
     try q.add("has_latents", db.has_latents);
     try q.add("lacks_latents", db.lacks_latents);
-    try q.add("return_latents", return_latents.buffered());
+    try q.add("return_latents", derived.return_latents.buffered());
     try q.addPositive("short_edge__gte", db.min_short_edge);
     try q.addPositive("short_edge__lte", db.max_short_edge);
     try q.addPositive("pixel_count__gte", db.min_pixel_count);
@@ -121,16 +117,29 @@ pub fn writeFirstPageQuery(db: *const config_mod.Dataroom, partition: Partition,
 
 /// `?fields=...[&return_latents=...]` for `images/<id>/` (fresh blob URLs).
 pub fn writeRecordQuery(db: *const config_mod.Dataroom, w: *Io.Writer) Io.Writer.Error!void {
-    var fields_buffer: [derived_bytes_max]u8 = undefined;
-    var fields: Io.Writer = .fixed(&fields_buffer);
-    try writeFields(db, &fields);
-    var return_buffer: [derived_bytes_max]u8 = undefined;
-    var return_latents: Io.Writer = .fixed(&return_buffer);
-    writeReturnLatents(db, &return_latents) catch return error.WriteFailed;
+    var derived: Derived = undefined;
+    try derived.compute(db);
     var q: Query = .{ .w = w };
-    try q.add("fields", fields.buffered());
-    try q.add("return_latents", return_latents.buffered());
+    try q.add("fields", derived.fields.buffered());
+    try q.add("return_latents", derived.return_latents.buffered());
 }
+
+/// The `fields` and `return_latents` values both requests derive from the
+/// config (compatibility.md §4.5).
+const Derived = struct {
+    fields_buffer: [derived_bytes_max]u8,
+    return_buffer: [derived_bytes_max]u8,
+    fields: Io.Writer,
+    return_latents: Io.Writer,
+
+    /// `d` must not move afterwards: the writers point into it.
+    fn compute(d: *Derived, db: *const config_mod.Dataroom) Io.Writer.Error!void {
+        d.fields = .fixed(&d.fields_buffer);
+        try writeFields(db, &d.fields);
+        d.return_latents = .fixed(&d.return_buffer);
+        writeReturnLatents(db, &d.return_latents) catch return error.WriteFailed;
+    }
+};
 
 /// The API root with exactly one trailing slash (the reference needs the
 /// user to write it; compatibility.md §4.5 says append it).
