@@ -15,7 +15,7 @@ from cffi import FFI
 
 from .errors import AuthError, ConfigError, DatagoError, SourceError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_TREE = _PACKAGE_DIR.parent / "native"

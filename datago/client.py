@@ -36,7 +36,7 @@ class DatagoClient:
     and ``with``, and ``last_stop_reason``.
     """
 
-    def __init__(self, str_config: str | Mapping[str, Any]) -> None:
+    def __init__(self, str_config: str | Mapping[str, Any], state: Mapping[str, Any] | list[Any] | str | None = None) -> None:
         if isinstance(str_config, Mapping):
             str_config = json.dumps(dict(str_config))
         if not isinstance(str_config, str):
@@ -60,6 +60,8 @@ class DatagoClient:
         self._batching = settings.get("batch_size") is not None
         #: Why the last pass ended early: None, "stopped" or "timeout".
         self.last_stop_reason: str | None = None
+        if state is not None:
+            self.load_state_dict(state)
 
     # -- reference API --------------------------------------------------------
 
@@ -138,6 +140,40 @@ class DatagoClient:
         lib.datago_loader_stop(self._handle)
 
     # -- extensions -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this client stands, as a small JSON-serialisable dict (under
+        4 KiB whatever the dataset): seed, epoch, this rank and worker's
+        position, and a fingerprint of what it reads. Taken after a sample
+        or batch was handed out, it resumes exactly after it: samples decoded
+        but not handed out, and samples waiting in a partial bucket batch,
+        are delivered by the resumed run. Taken after the end of a pass, it
+        resumes at the start of the next epoch. See docs/design.md §3."""
+        handle = self._live_handle()
+        length = ffi.new("size_t *")
+        buffer = ffi.new("char[]", 4096)
+        status = lib.datago_loader_state(handle, buffer, len(buffer), length)
+        if status == lib.DATAGO_ERR_ARGUMENT and length[0] >= len(buffer):
+            buffer = ffi.new("char[]", length[0] + 1)
+            status = lib.datago_loader_state(handle, buffer, len(buffer), length)
+        _native.check(status)
+        state: dict[str, Any] = json.loads(ffi.string(buffer, length[0]))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any] | list[Any] | str) -> None:
+        """Makes the next pass continue `state` (from ``state_dict()``):
+        exactly after the last sample the saving client handed out. A list
+        of the states of every rank and DataLoader worker resumes with
+        another ``world_size`` or ``num_workers`` (the rest of the epoch is
+        split over the new shape). A state of another dataset or ordering
+        raises ``ConfigError`` (here, or at the first ``get_sample()`` when
+        the listing differs). Call it before the first pass, or after the
+        end of one or ``stop()``."""
+        handle = self._live_handle()
+        text = state if isinstance(state, str) else json.dumps(state if isinstance(state, list) else dict(state))
+        encoded = text.encode("utf-8")
+        _native.check(lib.datago_loader_restore(handle, encoded, len(encoded)))
+        self.last_stop_reason = None
 
     @property
     def seed(self) -> int | None:

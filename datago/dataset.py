@@ -219,10 +219,12 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
                 "paths": [s.path for s in item.samples],
                 "crop_boxes": [s.image.crop_box for s in item.samples],
                 "original_sizes": [(s.image.original_width, s.image.original_height) for s in item.samples],
+                "padded": [s.padded for s in item.samples],
             }
         if self.return_python_types:
             converted = item.to_dict()
             converted["attributes"] = item.attributes_dict
+            converted["padded"] = item.padded
             return converted
         return {
             "id": item.id,
@@ -235,6 +237,7 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
             "image": _tensor(item.image),
             "masks": {k: _tensor(v) for k, v in item.masks.items()},
             "additional_images": {k: _tensor(v) for k, v in item.additional_images.items()},
+            "padded": item.padded,
         }
 
 

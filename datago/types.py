@@ -395,6 +395,13 @@ class Sample:
         """Pass number of the client: 0, then +1 per new pass."""
         return int(self._c.epoch)
 
+    @property
+    def padded(self) -> bool:
+        """True for a repeat added by ``equal_per_rank: "pad"`` (or standing
+        in for a failed item) so that every rank yields the same count:
+        evaluation should ignore it."""
+        return bool(self._c.padded)
+
     # -- images ---------------------------------------------------------------
 
     @property

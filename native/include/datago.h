@@ -48,7 +48,7 @@ extern "C" {
 
 /* Bumped with any change to a struct layout, a status value or a rule below.
  * Compare with datago_abi_version() at run time. */
-#define DATAGO_ABI_VERSION 1
+#define DATAGO_ABI_VERSION 2
 
 /* Result of every fallible call. Values are appended, never renumbered; the
  * enum is pinned to the size of an int on both sides by DATAGO_STATUS_MAX. */
@@ -159,6 +159,11 @@ typedef struct datago_sample {
     uint64_t tag_count;
     const float *coca_embedding;            /* coca_embedding_len floats */
     uint64_t coca_embedding_len;
+    /* ABI version 2 (size >= offsetof(datago_sample, reserved) + 4): */
+    uint32_t padded;                        /* 1: a repeat added by "equal_per_rank": "pad"
+                                               so that ranks yield equal counts; evaluation
+                                               should ignore it */
+    uint32_t reserved;
 } datago_sample;
 
 /* A batch of samples of one shape (batch_size): their images stacked in one
@@ -280,6 +285,37 @@ void datago_loader_close(datago_loader *loader);
  * poll. */
 datago_status datago_loader_stats(datago_loader *loader, char *buffer, size_t capacity,
                                   size_t *length_out);
+
+/* ---- Checkpoint and resume (ABI version 2) ---------------------------------- */
+
+/* METHOD. The resume state of this loader as one JSON object (docs/design.md
+ * §3): the seed, the epoch, where this (rank, worker) stands in it, and the
+ * fingerprint of what it reads. Small (well under 4 KiB) whatever the
+ * dataset. After the last sample or batch a caller was handed, it names
+ * exactly what is left of the epoch: samples decoded but not yet handed out,
+ * and samples waiting in a partial bucket batch, count as not delivered.
+ * A state taken after the end of a pass resumes at the start of the next
+ * epoch. Same buffer convention as datago_loader_stats.
+ * Returns DATAGO_OK, DATAGO_ERR_ARGUMENT (buffer NULL or too small; then
+ * *length_out says how much is needed), DATAGO_ERR_MISUSE or
+ * DATAGO_ERR_NO_MEMORY. Thread-safe. */
+datago_status datago_loader_state(datago_loader *loader, char *buffer, size_t capacity,
+                                  size_t *length_out);
+
+/* METHOD. Makes the next pass continue a saved state: exactly after the last
+ * sample the saving loader handed out. state_json is one state from
+ * datago_loader_state, or a JSON array of the states of every rank and
+ * worker of a run (needed to resume with another world_size or
+ * num_workers: the rest of the epoch is then split over the new shape). Not
+ * retained. Call it after open and before the first pass (or after a stop
+ * or the end of a pass). A state that does not belong to this configuration
+ * (another source, seed, shuffle settings, or, checked when the pass lists
+ * its data, another listing) is refused: here with DATAGO_ERR_CONFIG, or by
+ * the first next with DATAGO_ERR_CONFIG. Returns DATAGO_OK,
+ * DATAGO_ERR_ARGUMENT, DATAGO_ERR_CONFIG (the message says why),
+ * DATAGO_ERR_MISUSE (a pass is running) or DATAGO_ERR_NO_MEMORY. */
+datago_status datago_loader_restore(datago_loader *loader, const char *state_json,
+                                    size_t state_len);
 
 /* ---- Samples --------------------------------------------------------------- */
 

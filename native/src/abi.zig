@@ -139,6 +139,34 @@ export fn datago_loader_stats(loader: ?*Loader, buffer: ?[*]u8, capacity: usize,
     return .ok;
 }
 
+export fn datago_loader_state(loader: ?*Loader, buffer: ?[*]u8, capacity: usize, length_out: ?*usize) Status {
+    var status: Status = .ok;
+    const l = checkLoader(loader, "datago_loader_state", &status) orelse return status;
+    var text: std.Io.Writer.Allocating = .init(runtime.gpa);
+    defer text.deinit();
+    l.writeState(&text.writer) catch return fail(.err_no_memory, "datago_loader_state: out of memory", .{});
+    const written = text.written();
+    if (length_out) |out| out.* = written.len;
+    const out = buffer orelse return fail(.err_argument, "datago_loader_state: buffer is NULL", .{});
+    if (capacity < written.len + 1) return fail(.err_argument, "datago_loader_state: buffer of {d} bytes is too small ({d} needed)", .{ capacity, written.len + 1 });
+    @memcpy(out[0..written.len], written);
+    out[written.len] = 0;
+    return .ok;
+}
+
+export fn datago_loader_restore(loader: ?*Loader, state_json: ?[*]const u8, state_len: usize) Status {
+    var status: Status = .ok;
+    const l = checkLoader(loader, "datago_loader_restore", &status) orelse return status;
+    const text = state_json orelse return fail(.err_argument, "datago_loader_restore: state_json is NULL", .{});
+    var diag: @import("resume.zig").Diagnostics = .{};
+    l.restore(text[0..state_len], &diag) catch |err| return switch (err) {
+        error.Invalid => fail(.err_config, "{s}", .{diag.text()}),
+        error.OutOfMemory => fail(.err_no_memory, "datago_loader_restore: out of memory", .{}),
+        error.Busy => fail(.err_misuse, "datago_loader_restore: a pass is running; restore before the first pass, or after stop or the end of a pass", .{}),
+    };
+    return .ok;
+}
+
 export fn datago_loader_stop(loader: ?*Loader) void {
     const l = loader orelse return;
     if (l.owner_pid != runtime.processId()) return;

@@ -3,7 +3,7 @@
 //! these definitions.
 const std = @import("std");
 
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2;
 
 pub const Status = enum(c_int) {
     ok = 0,
@@ -109,6 +109,9 @@ pub const Sample = extern struct {
     tag_count: u64 = 0,
     coca_embedding: ?[*]const f32 = null,
     coca_embedding_len: u64 = 0,
+    // ABI version 2.
+    padded: u32 = 0,
+    reserved: u32 = 0,
 };
 
 pub const Batch = extern struct {
@@ -133,6 +136,6 @@ comptime {
     std.debug.assert(@sizeOf(Encoded) == 32);
     std.debug.assert(@sizeOf(Bucket) == 16);
     std.debug.assert(@sizeOf(Fit) == 56);
-    std.debug.assert(@sizeOf(Sample) == 248);
+    std.debug.assert(@sizeOf(Sample) == 256);
     std.debug.assert(@sizeOf(Status) == @sizeOf(c_int));
 }

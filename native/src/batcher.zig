@@ -8,13 +8,18 @@
 //! out in the order of their first sample, or are dropped (and counted) with
 //! `drop_last`. Every sample is in exactly one batch, deterministically.
 //! Pending samples are bounded by shapes x (batch_size - 1); more than
-//! `pending_shapes_max` shapes flush the oldest group early.
+//! `pending_shapes_max` shapes flush the oldest group early, and so does a
+//! group whose first sample is more than `resume_mod.window_max` sequence
+//! numbers older than the newest sample (a rare bucket would otherwise hold
+//! its samples for most of an epoch, and a resume state must name every
+//! pending sample: it does so with a bitmap of that window).
 const std = @import("std");
 const Allocator = std.mem.Allocator;
 const abi = @import("abi_types.zig");
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 const buffers = @import("buffers.zig");
+const resume_mod = @import("resume.zig");
 
 /// With crop_and_resize there are tens of buckets; without it shapes are
 /// unbounded, and a group waiting forever for company must not hold memory.
@@ -85,6 +90,10 @@ pub const Batcher = struct {
     ready_head: usize = 0,
     finished: bool = false,
     counters: Counters = .{},
+    /// equal_per_rank: the batches this pass hands out, exactly (null: no
+    /// such rule), and those handed out so far.
+    batches_max: ?u64 = null,
+    handed: u64 = 0,
 
     pub fn deinit(self: *Batcher) void {
         for (self.groups.items) |*g| {
@@ -103,6 +112,7 @@ pub const Batcher = struct {
     /// cannot occur.
     pub fn add(self: *Batcher, s: *sample_mod.Owned) Allocator.Error!?*Batch {
         errdefer s.destroy();
+        while (self.groups.items.len > 0 and self.groups.items[0].members.items[0].c.index + resume_mod.window_max < s.c.index) try self.flushOldest();
         const shape = shapeOf(s);
         const index = for (self.groups.items, 0..) |g, i| {
             if (std.meta.eql(g.shape, shape)) break i;
@@ -115,7 +125,26 @@ pub const Batcher = struct {
         if (self.groups.items[index].members.items.len < self.batch_size) return null;
         var group = self.groups.orderedRemove(index);
         defer group.members.deinit(self.gpa);
-        return try self.assemble(group);
+        const batch = try self.assemble(group);
+        // Behind batches flushed early, so that the order of batches does
+        // not depend on when the caller took them (a resumed run flushes
+        // them at another call).
+        if (self.ready_head < self.ready.items.len) {
+            self.ready.append(self.gpa, batch) catch |err| {
+                batch.destroy();
+                return err;
+            };
+            return null;
+        }
+        return batch;
+    }
+
+    /// The sequence numbers of the samples held and not yet in a batch
+    /// handed out (pending groups and batches not yet taken), appended to
+    /// `out` in no particular order.
+    pub fn pendingSeqs(self: *const Batcher, gpa: Allocator, out: *std.ArrayList(u64)) Allocator.Error!void {
+        for (self.groups.items) |g| for (g.members.items) |s| try out.append(gpa, s.c.index);
+        for (self.ready.items[self.ready_head..]) |b| for (b.samples) |s| try out.append(gpa, s.c.index);
     }
 
     fn flushOldest(self: *Batcher) Allocator.Error!void {
@@ -128,6 +157,7 @@ pub const Batcher = struct {
     /// dropped with drop_last).
     pub fn finish(self: *Batcher) Allocator.Error!void {
         self.finished = true;
+        if (self.batches_max) |max| return self.finishEqual(max);
         while (self.groups.items.len > 0) {
             if (self.drop_last) {
                 var group = self.groups.orderedRemove(0);
@@ -138,6 +168,66 @@ pub const Batcher = struct {
                 try self.flushOldest();
             }
         }
+    }
+
+    /// Counts a batch handed to the caller; under equal_per_rank the last
+    /// one ends the pass, dropping (and counting) what is still held.
+    pub fn handedOut(self: *Batcher) void {
+        self.handed += 1;
+        const max = self.batches_max orelse return;
+        if (self.handed < max) return;
+        self.finished = true;
+        self.dropGroups();
+        for (self.ready.items[self.ready_head..]) |b| {
+            _ = self.counters.dropped_samples.fetchAdd(b.samples.len, .monotonic);
+            b.destroy();
+        }
+        self.ready_head = self.ready.items.len;
+    }
+
+    fn dropGroups(self: *Batcher) void {
+        for (self.groups.items) |*g| {
+            _ = self.counters.dropped_samples.fetchAdd(g.members.items.len, .monotonic);
+            for (g.members.items) |s| s.destroy();
+            g.members.deinit(self.gpa);
+        }
+        self.groups.clearRetainingCapacity();
+    }
+
+    /// The end of the pass under equal_per_rank: as many of the partial
+    /// groups as make up `batches_max` (the largest, ties by first sample;
+    /// there are always enough, since every group holds fewer than
+    /// batch_size samples), emitted in the order of their first sample; the
+    /// others dropped and counted.
+    fn finishEqual(self: *Batcher, max: u64) Allocator.Error!void {
+        const groups = self.groups.items;
+        const queued = self.ready.items.len - self.ready_head;
+        const need: usize = @intCast(@min(max -| (self.handed + queued), groups.len));
+        const chosen = try self.gpa.alloc(bool, groups.len);
+        defer self.gpa.free(chosen);
+        @memset(chosen, false);
+        for (0..need) |_| {
+            var best: ?usize = null;
+            for (groups, 0..) |g, i| {
+                if (chosen[i]) continue;
+                if (best == null or g.members.items.len > groups[best.?].members.items.len) best = i;
+            }
+            chosen[best.?] = true;
+        }
+        // Assembling takes a group's samples; what is left is dropped.
+        for (groups, chosen) |*g, take| {
+            if (!take) continue;
+            const batch = self.assemble(g.*) catch |err| {
+                g.members.clearRetainingCapacity();
+                return err;
+            };
+            g.members.clearRetainingCapacity();
+            self.ready.append(self.gpa, batch) catch |err| {
+                batch.destroy();
+                return err;
+            };
+        }
+        self.dropGroups();
     }
 
     pub fn popReady(self: *Batcher) ?*Batch {

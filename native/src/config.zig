@@ -60,6 +60,9 @@ pub const FileSource = struct {
     world_size: u32 = 1,
 };
 
+/// `equal_per_rank`: drop the remainder, or pad with repeats (marked).
+pub const EqualPerRank = enum { drop, pad };
+
 /// How ranks split WebDataset shards (compatibility.md §6.2).
 pub const RankSplit = enum { shard, sample_hash };
 
@@ -166,6 +169,9 @@ pub const Config = struct {
     max_error_fraction: ?f64 = null,
     batch_size: ?u32 = null,
     drop_last: bool = false,
+    /// Every rank yields the same number of samples and batches per epoch
+    /// (docs/design.md §2): null keeps the complete, disjoint split.
+    equal_per_rank: ?EqualPerRank = null,
     /// DataLoader worker split (docs/design.md): worker `worker_id` of `num_workers`.
     worker_id: u32 = 0,
     num_workers: u32 = 1,
@@ -359,6 +365,10 @@ const Parser = struct {
             config.batch_size = n;
         }
         config.drop_last = try p.optBool(object, "", "drop_last") orelse false;
+        if (try p.optString(object, "", "equal_per_rank")) |mode| {
+            config.equal_per_rank = std.meta.stringToEnum(EqualPerRank, mode) orelse
+                return p.fail("equal_per_rank: expected \"drop\" or \"pad\", got '{s}'", .{mode});
+        }
         config.epoch = try p.optInt(u64, object, "", "epoch") orelse 0;
         config.collect_stats = try p.optBool(object, "", "collect_stats") orelse true;
         if (try p.optNumber(object, "", "log_interval_s")) |t| {
@@ -376,6 +386,12 @@ const Parser = struct {
             .null => {},
             .object => |image| config.image = try p.imageConfig(image),
             else => return p.fail("image_config: expected an object or null, got {s}", .{kindName(value)}),
+        };
+        if (config.equal_per_rank) |mode| if (config.source_type != .file) {
+            // A stream's length is known only at its end: a rank cannot
+            // know how many samples every other rank will have.
+            if (mode == .pad) return p.fail("equal_per_rank: \"pad\" needs a source whose size is known before it is read (the file source); for a {s} source use \"drop\" with a limit", .{@tagName(config.source_type)});
+            if (config.limit == null) return p.fail("equal_per_rank: a {s} source's size is known only at the end of the stream, so \"drop\" needs a limit (every rank then yields exactly limit samples, or fails the pass if its share is shorter)", .{@tagName(config.source_type)});
         };
         if (config.batch_size != null) if (config.image) |image| if (image.pre_encode_images)
             return p.fail("batch_size: batches stack raw pixels; they cannot hold pre-encoded images (pre_encode_images is true)", .{});
@@ -400,7 +416,7 @@ const Parser = struct {
             "samples_buffer_size",  "prefetch_buffer_size", "num_threads", "timeout_s",
             "max_pixels",           "max_error_fraction", "batch_size",   "drop_last",
             "worker_id",            "num_workers",          "epoch",        "log_interval_s",
-            "collect_stats",
+            "collect_stats",        "equal_per_rank",
         });
         return config;
     }

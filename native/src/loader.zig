@@ -8,6 +8,8 @@ const config_mod = @import("config.zig");
 const log = @import("log.zig");
 const pipeline = @import("pipeline.zig");
 const runtime = @import("runtime.zig");
+const resume_mod = @import("resume.zig");
+const source_mod = @import("sources/source.zig");
 
 pub const Loader = struct {
     gpa: Allocator,
@@ -22,8 +24,21 @@ pub const Loader = struct {
     /// The current or last pass; the loader holds one reference on it.
     pass: ?*pipeline.Pass = null,
     next_epoch: u64 = 0,
+    /// A restored state (`restore`): its arena, what it means for this
+    /// client, and whether the next pass still has to apply it.
+    restored: ?Restored = null,
 
     pub const OpenError = config_mod.Error;
+
+    const Restored = struct {
+        arena: *std.heap.ArenaAllocator,
+        state: resume_mod.State,
+        applied: resume_mod.Applied,
+        /// The next pass resumes (cleared once it started).
+        pending: bool,
+        /// The epoch of the pass that resumed; its states carry `applied.history`.
+        epoch: u64,
+    };
 
     /// Parses the configuration. Does no I/O and starts no thread.
     pub fn open(gpa: Allocator, text: []const u8, diag: *config_mod.Diagnostics) OpenError!*Loader {
@@ -77,7 +92,7 @@ pub const Loader = struct {
 
     fn startLocked(loader: *Loader) error{ OutOfMemory, ThreadSpawnFailed }!void {
         log.ensureInstalled();
-        const pass = try pipeline.Pass.create(loader.gpa, loader.config(), loader.next_epoch);
+        const pass = try loader.createPass();
         pass.start() catch |err| {
             pass.unref();
             return err;
@@ -89,6 +104,118 @@ pub const Loader = struct {
         loader.pass = pass;
         loader.next_epoch += 1;
         loader.state = .running;
+    }
+
+    /// The next pass: from its start, or resuming the restored state.
+    fn createPass(loader: *Loader) Allocator.Error!*pipeline.Pass {
+        const config_ = loader.config();
+        const epoch = loader.next_epoch;
+        const r = if (loader.restored) |*r| if (r.pending) r else null else null;
+        const applied = if (r) |x| x.applied else return pipeline.Pass.create(loader.gpa, config_, epoch);
+        r.?.pending = false;
+        var source = try source_mod.Source.init(loader.gpa, config_, epoch);
+        errdefer source.deinit(loader.gpa);
+        source.resumeFrom(loader.gpa, &applied, r.?.state.fingerprint) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            // `restore` made the same call with the same inputs and it passed.
+            error.Invalid => {
+                log.err(.loader, "the restored state no longer applies: {s}", .{source.resumeFailure()});
+                return error.OutOfMemory;
+            },
+        };
+        const part: resume_mod.Part = applied.part orelse .{ .rank = config_.file.rank, .worker = config_.worker_id };
+        return pipeline.Pass.createWith(loader.gpa, config_, epoch, source, .{
+            .part = part,
+            .limit = applied.limit,
+            .start_seq = source.resumeStartSeq() orelse part.position,
+        });
+    }
+
+    /// Takes a saved state (`resume.parse`: one state or a list of them)
+    /// for the next pass. Refused while a pass runs.
+    pub fn restore(loader: *Loader, text: []const u8, diag: *resume_mod.Diagnostics) (resume_mod.Error || error{Busy})!void {
+        const arena = try loader.gpa.create(std.heap.ArenaAllocator);
+        arena.* = .init(loader.gpa);
+        errdefer {
+            arena.deinit();
+            loader.gpa.destroy(arena);
+        }
+        loader.mutex.lockUncancelable(loader.io);
+        defer loader.mutex.unlock(loader.io);
+        if (loader.state == .running and !loader.pass.?.isOver()) return error.Busy;
+        const cfg = &loader.parsed.config;
+        const state = try resume_mod.parse(arena.allocator(), text, diag);
+        // A seed drawn at open gives way to the one the run used.
+        if (cfg.file.random_sampling and cfg.file.seed_drawn) {
+            if (state.seed) |seed| {
+                cfg.file.seed = seed;
+                cfg.file.seed_drawn = false;
+            }
+        }
+        const applied = try resume_mod.apply(&state, cfg, diag);
+        var validation = try source_mod.Source.init(loader.gpa, cfg, applied.epoch);
+        defer validation.deinit(loader.gpa);
+        validation.resumeFrom(loader.gpa, &applied, state.fingerprint) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            error.Invalid => return diag.fail("{s}", .{validation.resumeFailure()}),
+        };
+        if (loader.restored) |old| {
+            old.arena.deinit();
+            loader.gpa.destroy(old.arena);
+        }
+        loader.restored = .{ .arena = arena, .state = state, .applied = applied, .pending = applied.resumes, .epoch = applied.epoch };
+        loader.next_epoch = applied.epoch;
+        if (loader.state == .running) loader.state = .finished;
+        log.info(.loader, "restored a state: epoch {d}{s}", .{ applied.epoch, if (applied.resumes) " resumes mid-epoch" else " from its start" });
+    }
+
+    /// Writes the resume state of this client (docs/design.md §3): where
+    /// its current or last pass stands, or where its next pass starts.
+    pub fn writeState(loader: *Loader, w: *std.Io.Writer) (std.Io.Writer.Error || Allocator.Error)!void {
+        var arena_state: std.heap.ArenaAllocator = .init(loader.gpa);
+        defer arena_state.deinit();
+        const arena = arena_state.allocator();
+        loader.mutex.lockUncancelable(loader.io);
+        const pass = loader.pass;
+        if (pass) |p| p.ref();
+        const cfg = loader.config();
+        const rank = cfg.file.rank;
+        const worker = cfg.worker_id;
+        var state: resume_mod.State = .{
+            .source = cfg.source_type,
+            .fingerprint = null,
+            .order_key = resume_mod.orderKey(cfg),
+            .seed = if (cfg.file.random_sampling) cfg.file.seed else null,
+            .epoch = loader.next_epoch,
+            .levels = &.{},
+        };
+        var history: []const resume_mod.Level = &.{};
+        var part: resume_mod.Part = .{ .rank = rank, .worker = worker };
+        if (loader.restored) |*r| {
+            state.fingerprint = r.state.fingerprint;
+            if (r.pending) {
+                history = r.applied.history;
+                if (r.applied.part) |p| part = p;
+            } else if (pass != null and pass.?.epoch == r.epoch) {
+                history = r.applied.history;
+            }
+        }
+        loader.mutex.unlock(loader.io);
+        defer if (pass) |p| p.unref();
+        const pending = if (loader.restored) |r| r.pending else false;
+        if (pass) |p| if (!pending) {
+            state.epoch = p.epoch;
+            part = try p.statePart(arena, rank, worker);
+            if (p.source.fingerprint()) |f| state.fingerprint = f;
+            part.stream = try p.source.streamCheckpoint(arena, part.position);
+        };
+        const levels = try arena.alloc(resume_mod.Level, history.len + 1);
+        @memcpy(levels[0..history.len], history);
+        const parts = try arena.alloc(resume_mod.Part, 1);
+        parts[0] = part;
+        levels[history.len] = .{ .world_size = cfg.file.world_size, .num_workers = cfg.num_workers, .parts = parts };
+        state.levels = levels;
+        try state.writeJson(w);
     }
 
     pub const SourceFailure = struct {
@@ -170,6 +297,10 @@ pub const Loader = struct {
     pub fn close(loader: *Loader) void {
         loader.stop();
         if (loader.pass) |pass| pass.unref();
+        if (loader.restored) |r| {
+            r.arena.deinit();
+            loader.gpa.destroy(r.arena);
+        }
         loader.parsed.deinit();
         const gpa = loader.gpa;
         gpa.destroy(loader);

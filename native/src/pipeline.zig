@@ -33,6 +33,7 @@ const order = source_mod.order;
 const runtime = @import("runtime.zig");
 const sample_mod = @import("sample.zig");
 const stats = @import("stats.zig");
+const resume_mod = @import("resume.zig");
 
 const Config = config_mod.Config;
 
@@ -55,6 +56,8 @@ pub const Outcome = union(enum) {
     empty,
     ready: *sample_mod.Owned,
     failed,
+    /// Consumed before a resume: passed over without reading or decoding.
+    skipped,
 };
 
 pub const Counters = stats.Counters;
@@ -83,6 +86,18 @@ pub const Pass = struct {
     thread_count: u32,
     /// This (rank, worker)'s share of the limit; null = no limit.
     limit: ?u64,
+    /// A resumed pass: the items its part had consumed (`resume.Part`; its
+    /// bitmap is owned by the pass) are passed over, and delivery starts at
+    /// `start_seq`. Null for a pass from the start.
+    resumed: ?resume_mod.Part = null,
+    /// Samples (and batches) the part had handed out before this pass resumed it.
+    delivered_before: u64 = 0,
+    batches_before: u64 = 0,
+    /// equal_per_rank: the samples this worker must deliver in this pass
+    /// (after any resumed part); the pass fails rather than end short.
+    equal_target: ?u64 = null,
+    /// Items of this worker's share (before equal_per_rank repeats).
+    share_items: u64 = 0,
     /// The image configuration with its bucket table, built once per pass.
     transform: image_process.Transform,
     /// Groups delivered samples into batches (batch_size); guarded by
@@ -106,6 +121,8 @@ pub const Pass = struct {
 
     // Guarded by `mutex`.
     phase: enum { listing, running, done } = .listing,
+    /// The pass reached the end of its data or its limit (not stopped, not failed).
+    completed: bool = false,
     /// Items of this worker's sequence; null until a stream has ended.
     items: ?u64 = null,
     /// Next sequence number to hand to a worker.
@@ -141,14 +158,34 @@ pub const Pass = struct {
     pub fn create(gpa: Allocator, config: *const Config, epoch: u64) Allocator.Error!*Pass {
         var source = try source_mod.Source.init(gpa, config, epoch);
         errdefer source.deinit(gpa);
-        return createWith(gpa, config, epoch, source);
+        return createWith(gpa, config, epoch, source, null);
     }
+
+    /// How a pass resumes a part (loader.zig builds it from a state).
+    pub const Resume = struct {
+        /// Its bitmap is copied.
+        part: resume_mod.Part,
+        /// The part's remaining limit (resume.Applied.limit).
+        limit: ?u64,
+        /// The first sequence number to claim: the part's position, or the
+        /// earlier checkpoint a streaming source restarts from.
+        start_seq: u64,
+    };
 
     /// Creates a pass over a source made by the caller; takes ownership of
     /// `source` on success.
-    pub fn createWith(gpa: Allocator, config: *const Config, epoch: u64, source: source_mod.Source) Allocator.Error!*Pass {
+    pub fn createWith(gpa: Allocator, config: *const Config, epoch: u64, source: source_mod.Source, resumption: ?Resume) Allocator.Error!*Pass {
         const pass = try gpa.create(Pass);
         errdefer gpa.destroy(pass);
+        var resumed: ?resume_mod.Part = null;
+        if (resumption) |r| {
+            var part = r.part;
+            part.consumed = try gpa.dupe(u8, r.part.consumed);
+            part.stream = null;
+            part.after_key = null;
+            resumed = part;
+        }
+        errdefer if (resumed) |part| gpa.free(part.consumed);
         const slots = try gpa.alloc(Outcome, config.samples_buffer_size);
         errdefer gpa.free(slots);
         @memset(slots, .empty);
@@ -157,7 +194,8 @@ pub const Pass = struct {
         var copy = config.*;
         copy.file.root_path = "";
         copy.webdataset = .{}; // its strings belong to the loader; the source copied them
-        const limit: ?u64 = if (config.limit) |l| order.workerLimit(l, config.worker_id, config.num_workers) else null;
+        const limit: ?u64 = if (resumption) |r| r.limit else if (config.limit) |l| order.workerLimit(l, config.worker_id, config.num_workers) else null;
+        const start_seq: u64 = if (resumption) |r| r.start_seq else 0;
         pass.* = .{
             .gpa = gpa,
             .io = runtime.acquireIo(),
@@ -166,6 +204,11 @@ pub const Pass = struct {
             .config = copy,
             .thread_count = threadCount(config, limit),
             .limit = limit,
+            .resumed = resumed,
+            .delivered_before = if (resumption) |r| r.part.delivered else 0,
+            .batches_before = if (resumption) |r| r.part.batches else 0,
+            .dispatched = start_seq,
+            .head = start_seq,
             .transform = transform,
             .batcher = if (config.batch_size) |size| .{ .gpa = gpa, .batch_size = size, .drop_last = config.drop_last, .epoch = epoch } else null,
             .refs = .init(1),
@@ -196,6 +239,7 @@ pub const Pass = struct {
             gpa.destroy(stage);
         }
         pass.source.deinit(gpa);
+        if (pass.resumed) |part| gpa.free(part.consumed);
         pass.transform.deinit(gpa);
         if (pass.batcher) |*b| b.deinit();
         gpa.destroy(pass);
@@ -272,7 +316,7 @@ pub const Pass = struct {
         for (pass.slots) |*slot| {
             switch (slot.*) {
                 .ready => |s| s.destroy(),
-                .empty, .failed => {},
+                .empty, .failed, .skipped => {},
             }
             slot.* = .empty;
         }
@@ -312,10 +356,18 @@ pub const Pass = struct {
                         pass.ready_run -= 1;
                         wake_workers = pass.workersShouldWakeLocked();
                         pass.counters.delivered += 1;
+                        pass.counters.padded += s.c.padded;
                         pass.counters.bytes_delivered += s.c.image.data_len;
                         if (pass.config.collect_stats) pass.counters.consumer_wait.add(runtime.monotonicNs() - wait_started);
                         pass.reportProgressLocked();
                         return .{ .sample = s };
+                    },
+                    .skipped => {
+                        slot.* = .empty;
+                        pass.head += 1;
+                        pass.ready_run -= 1;
+                        wake_workers = pass.workersShouldWakeLocked();
+                        continue;
                     },
                     .failed => {
                         slot.* = .empty;
@@ -379,11 +431,18 @@ pub const Pass = struct {
         const b = &pass.batcher.?;
         const deadline_ns: ?u64 = if (timeout_ms < 0) null else runtime.monotonicNs() + @as(u64, @intCast(timeout_ms)) * std.time.ns_per_ms;
         while (true) {
-            if (b.popReady()) |batch| return .{ .batch = batch };
+            if (b.batches_max == null) b.batches_max = pass.equalBatches();
+            if (b.popReady()) |batch| {
+                b.handedOut();
+                return .{ .batch = batch };
+            }
             if (b.finished) return .end;
             const remaining_ms: i64 = if (deadline_ns) |d| @intCast((d -| runtime.monotonicNs()) / std.time.ns_per_ms) else -1;
             switch (pass.next(remaining_ms)) {
-                .sample => |s| if (try b.add(s)) |batch| return .{ .batch = batch },
+                .sample => |s| if (try b.add(s)) |batch| {
+                    b.handedOut();
+                    return .{ .batch = batch };
+                },
                 .end => try b.finish(),
                 .timeout => return .timeout,
                 .source_error => {
@@ -395,11 +454,40 @@ pub const Pass = struct {
         }
     }
 
+    /// equal_per_rank in batch mode: the batches this pass hands out, once
+    /// the equal sample count is known (null before, or without the rule):
+    /// floor (drop) or ceil (pad) of the worker's epoch count over
+    /// batch_size, less those handed out before a resume.
+    fn equalBatches(pass: *Pass) ?u64 {
+        const mode = pass.config.equal_per_rank orelse return null;
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        if (pass.phase == .listing) return null;
+        const target = pass.equal_target orelse return null;
+        const size: u64 = pass.config.batch_size.?;
+        const samples = target + pass.delivered_before;
+        const total = switch (mode) {
+            .drop => samples / size,
+            .pad => (samples + size - 1) / size,
+        };
+        return total -| pass.batches_before;
+    }
+
     /// The end of the data or of the limit: decide between a clean end and a
     /// source error, and release the workers.
     fn finishLocked(pass: *Pass) void {
         const c = &pass.counters;
-        if (c.delivered == 0 and c.failed > 0) {
+        pass.completed = true;
+        if (pass.equal_target) |target| {
+            if (c.delivered < target) {
+                pass.failLocked("equal_per_rank: this worker's share ended after {d} samples, short of the {d} every rank must yield (lower limit, or check the failed items)", .{ c.delivered, target });
+                pass.cancelLocked();
+                return;
+            }
+            // The share's items never examined: dropped to keep ranks equal.
+            if (pass.head < pass.share_items) c.equal_dropped = pass.share_items - pass.head;
+        }
+        if (c.delivered + pass.delivered_before == 0 and c.failed > 0) {
             pass.failLocked("every file failed", .{});
         } else if (pass.config.max_error_fraction != null and
             exceeds(pass.examined_failed, pass.head, pass.config.max_error_fraction.?))
@@ -491,6 +579,14 @@ pub const Pass = struct {
         // Stopped while preparing: the reader must find its stage closed.
         if (pass.phase == .done) if (stage) |st| st.close();
         pass.items = prepared.items;
+        if (prepared.equal_samples) |target| {
+            const remaining = target -| pass.delivered_before;
+            pass.limit = if (pass.limit) |l| @min(l, remaining) else remaining;
+            pass.equal_target = pass.limit;
+            pass.share_items = prepared.share_items;
+        } else if (pass.config.equal_per_rank != null) {
+            pass.equal_target = pass.limit;
+        }
         pass.counters.listed = prepared.listed;
         pass.counters.skipped = prepared.skipped;
         pass.counters.listing_ns = prepared.listing_ns;
@@ -599,6 +695,11 @@ pub const Pass = struct {
         switch (result.outcome) {
             // Past the end of a stream: nothing to deliver at this seq.
             .none => return,
+            .skipped => {
+                pass.slots[seq % pass.slots.len] = .skipped;
+                pass.extendReadyRunLocked();
+                return;
+            },
             .ready => |s| pass.slots[seq % pass.slots.len] = .{ .ready = s },
             .failed => |cause| {
                 pass.slots[seq % pass.slots.len] = .failed;
@@ -654,6 +755,8 @@ pub const Pass = struct {
             failed: decoder.Cause,
             /// A streamed sequence ended (or stopped) before this item.
             none,
+            /// Consumed before the pass resumed (`Pass.resumed`).
+            skipped,
         },
         timings: stats.Timings = .{},
     };
@@ -665,6 +768,21 @@ pub const Pass = struct {
         var diag: decoder.Diagnostics = .{};
         result.timings.enabled = pass.config.collect_stats;
         var clock = result.timings.start();
+        if (pass.resumed) |*part| if (part.isConsumed(seq)) {
+            // A streamed item must still leave the reader stage.
+            if (pass.stage) |stage| switch (stage.take(seq)) {
+                .item => |item| {
+                    var taken = item;
+                    taken.release(pass.gpa);
+                },
+                .end, .stopped => {
+                    result.outcome = .none;
+                    return result;
+                },
+            };
+            result.outcome = .skipped;
+            return result;
+        };
         var item = pass.getItem(seq, scratch, &diag) catch |err| {
             pass.logFailure(seq, diag.text());
             result.outcome = .{ .failed = decoder.causeOf(err) };
@@ -712,6 +830,7 @@ pub const Pass = struct {
             .latents = item.latents,
             .tags = item.tags,
             .coca_embedding = item.coca_embedding,
+            .padded = item.padded,
             .index = seq,
             .epoch = pass.epoch,
         }) catch return result;
@@ -755,6 +874,57 @@ pub const Pass = struct {
         } else if (n == logged_failures_max) {
             log.err(.files, "more than {d} files failed in this pass; further failures are only counted", .{logged_failures_max});
         }
+    }
+
+    /// Where this part stands for a resume state (resume.zig): what the
+    /// caller was handed is consumed; samples the batcher still holds, and
+    /// everything from `head` on, are not. Allocates in `arena`.
+    pub fn statePart(pass: *Pass, arena: Allocator, rank: u32, worker: u32) Allocator.Error!resume_mod.Part {
+        var pending: std.ArrayList(u64) = .empty;
+        var handed: u64 = 0;
+        if (pass.batcher) |*b| {
+            pass.batch_mutex.lockUncancelable(pass.io);
+            defer pass.batch_mutex.unlock(pass.io);
+            try b.pendingSeqs(arena, &pending);
+            handed = b.handed;
+        }
+        std.mem.sortUnstable(u64, pending.items, {}, std.sort.asc(u64));
+        pass.mutex.lockUncancelable(pass.io);
+        defer pass.mutex.unlock(pass.io);
+        const head = pass.head;
+        const old: ?*const resume_mod.Part = if (pass.resumed) |*p| p else null;
+        const State = struct {
+            head: u64,
+            pending: []const u64,
+            old: ?*const resume_mod.Part,
+            fn consumed(st: @This(), seq: u64) bool {
+                if (seq < st.head) return std.sort.binarySearch(u64, st.pending, seq, orderU64) == null;
+                // Not reached by this pass yet: as the resumed state said.
+                return if (st.old) |o| o.isConsumed(seq) else false;
+            }
+        };
+        const st: State = .{ .head = head, .pending = pending.items, .old = old };
+        const end = if (old) |o| @max(head, o.head) else head;
+        var position: u64 = if (pending.items.len > 0) pending.items[0] else head;
+        if (pending.items.len == 0) while (position < end and st.consumed(position)) : (position += 1) {};
+        const bits = try arena.alloc(u8, @intCast((end - position + 7) / 8));
+        @memset(bits, 0);
+        var seq = position;
+        while (seq < end) : (seq += 1) {
+            const i = seq - position;
+            if (st.consumed(seq)) bits[@intCast(i / 8)] |= @as(u8, 1) << @intCast(i % 8);
+        }
+        const in_batcher: u64 = pending.items.len;
+        return .{
+            .rank = rank,
+            .worker = worker,
+            .position = position,
+            .head = end,
+            .consumed = bits,
+            .delivered = pass.delivered_before + pass.counters.delivered - in_batcher,
+            .batches = pass.batches_before + handed,
+            .done = pass.completed and pass.failure_len == null and in_batcher == 0,
+        };
     }
 
     /// A snapshot of the counters.
@@ -810,6 +980,10 @@ pub const Pass = struct {
     }
 };
 
+
+fn orderU64(a: u64, b: u64) std.math.Order {
+    return std.math.order(a, b);
+}
 
 fn exceeds(failed: u64, attempted: u64, fraction: f64) bool {
     if (attempted == 0) return false;

@@ -36,6 +36,7 @@ test {
     std.testing.refAllDecls(@This());
     _ = @import("config.zig");
     _ = @import("sources/order.zig");
+    _ = @import("resume.zig");
     _ = @import("runtime.zig");
     _ = @import("log.zig");
     _ = @import("sample.zig");

@@ -163,6 +163,8 @@ pub const Parts = struct {
     coca_embedding: []const f32 = &.{},
     index: u64 = 0,
     epoch: u64 = 0,
+    /// A repeat made by equal_per_rank "pad".
+    padded: bool = false,
 };
 
 /// Builds a sample. Takes ownership of every `Pixels` in `parts`, also on
@@ -253,6 +255,7 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
         .duplicate_state = parts.duplicate_state,
         .index = parts.index,
         .epoch = parts.epoch,
+        .padded = @intFromBool(parts.padded),
         .image = if (owned.image) |*m| m.view() else .{},
         .masks = if (parts.masks.len > 0) named.ptr else null,
         .mask_count = parts.masks.len,

@@ -101,6 +101,11 @@ pub const Counters = struct {
     consumer_wait: Histogram = .{},
     listed: u64 = 0,
     listing_ns: u64 = 0,
+    /// equal_per_rank: samples delivered that repeat an earlier item (`pad`,
+    /// or standing in for failed items), and items of the share left
+    /// undelivered because the equal count was reached (`drop`).
+    padded: u64 = 0,
+    equal_dropped: u64 = 0,
     /// Listing entries named like images that are not readable files.
     skipped: std.EnumArray(files.SkipCause, u64) = .initFill(0),
 
@@ -156,6 +161,7 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
         s.epoch, s.running, s.threads, nsToS(s.elapsed_ns),
     });
     try w.print("\"listed\":{d},\"listing_s\":{d:.3},\"planned\":{d},", .{ c.listed, nsToS(c.listing_ns), s.plan_len });
+    try w.print("\"padded\":{d},\"equal_dropped\":{d},", .{ c.padded, c.equal_dropped });
     if (s.seed) |seed| try w.print("\"seed\":{d},", .{seed}) else try w.writeAll("\"seed\":null,");
     try w.writeAll("\"waiting_for\":");
     if (s.waiting_for_len > 0) try std.json.Stringify.encodeJsonString(s.waitingFor(), .{}, w) else try w.writeAll("null");

@@ -13,6 +13,7 @@ const runtime = @import("../runtime.zig");
 const files = @import("files.zig");
 const order = @import("order.zig");
 const source = @import("source.zig");
+const resume_mod = @import("../resume.zig");
 
 /// Files larger than this are refused without reading them.
 const file_bytes_max: u64 = 1 << 31;
@@ -26,6 +27,21 @@ pub const FileSource = struct {
     plan: []u32 = &.{},
     /// DATAGO_TEST_STALL_PATH, owned (see `stallForTest`); null in normal use.
     stall_path: ?[]u8 = null,
+    /// Of the listing, once listed (resume_mod.Fingerprint).
+    fingerprint: ?u64 = null,
+    /// A resumed pass: the levels whose consumption comes off the listing
+    /// before planning (resume_mod.remainderPlan), owned by `resume_arena`, and
+    /// the fingerprint the listing must have.
+    resume_arena: ?*std.heap.ArenaAllocator = null,
+    resume_levels: []const resume_mod.Level = &.{},
+    expected_fingerprint: ?u64 = null,
+    /// equal_per_rank and the rank's limit (config.zig).
+    equal: ?config_mod.EqualPerRank = null,
+    limit: ?u64 = null,
+    /// The listing items repeated past the end of the plan (equal_per_rank):
+    /// the plan itself, or for an empty share one listing item.
+    repeat: []const u32 = &.{},
+    repeat_backing: ?[]u32 = null,
 
     pub fn init(gpa: Allocator, config: *const config_mod.Config, epoch: u64) Allocator.Error!FileSource {
         const file = &config.file;
@@ -35,6 +51,8 @@ pub const FileSource = struct {
         return .{
             .root_path = root_path,
             .stall_path = stall_path,
+            .equal = config.equal_per_rank,
+            .limit = config.limit,
             .params = .{
                 .rank = file.rank,
                 .world_size = file.world_size,
@@ -48,11 +66,29 @@ pub const FileSource = struct {
     }
 
     pub fn deinit(self: *FileSource, gpa: Allocator) void {
+        if (self.resume_arena) |arena| {
+            arena.deinit();
+            gpa.destroy(arena);
+        }
         gpa.free(self.plan);
+        if (self.repeat_backing) |r| gpa.free(r);
         self.listing.deinit(gpa);
         gpa.free(self.root_path);
         if (self.stall_path) |stall| gpa.free(stall);
         self.* = undefined;
+    }
+
+    /// Resumes a state (loader.zig): plans over what `applied`'s levels left.
+    pub fn resumeFrom(self: *FileSource, gpa: Allocator, applied: *const resume_mod.Applied, fingerprint: ?u64) Allocator.Error!void {
+        const arena = try gpa.create(std.heap.ArenaAllocator);
+        arena.* = .init(gpa);
+        errdefer {
+            arena.deinit();
+            gpa.destroy(arena);
+        }
+        self.resume_levels = try resume_mod.cloneLevels(arena.allocator(), applied.consumed_levels);
+        self.resume_arena = arena;
+        self.expected_fingerprint = fingerprint;
     }
 
     /// Lists root_path and plans this worker's sequence. Runs once, on one
@@ -75,21 +111,60 @@ pub const FileSource = struct {
         errdefer listing.deinit(gpa);
         const listed_ns = runtime.monotonicNs() - started_ns;
         if (listing.skippedTotal() > 0) logSkipped(&listing, self.root_path);
-        const plan = order.plan(gpa, listing.len(), self.params) catch
+        var fingerprint: resume_mod.Fingerprint = .{};
+        for (0..listing.len()) |i| fingerprint.add(listing.relativePath(@intCast(i)));
+        self.fingerprint = fingerprint.final();
+        if (self.expected_fingerprint) |expected| if (expected != self.fingerprint.?) {
+            failure.kind = .config;
+            return failure.set("state: saved over another listing of '{f}' (fingerprint {x:0>16}, now {x:0>16} with {d} files): it belongs to another dataset, or files were added or removed since", .{
+                log.path(self.root_path), expected, self.fingerprint.?, listing.len(),
+            });
+        };
+        var split_len: u64 = listing.len();
+        const plan = (if (self.resume_arena != null)
+            resume_mod.remainderPlan(gpa, listing.len(), self.resume_levels, self.params, &split_len)
+        else
+            order.plan(gpa, listing.len(), self.params)) catch
             return failure.set("out of memory while planning '{f}'", .{log.path(self.root_path)});
+        errdefer gpa.free(plan);
+        var items: u64 = plan.len;
+        var equal_samples: ?u64 = null;
+        if (self.equal) |mode| {
+            // The rank's count from the number of items split (the listing,
+            // or what a resume left of it), the same on every rank.
+            const w: u64 = self.params.world_size;
+            var per_rank = switch (mode) {
+                .drop => split_len / w,
+                .pad => (split_len + w - 1) / w,
+            };
+            if (self.limit) |l| per_rank = @min(per_rank, l);
+            const target = order.workerLimit(per_rank, self.params.worker, self.params.num_workers);
+            equal_samples = target;
+            if (plan.len > 0) {
+                self.repeat = plan;
+            } else if (listing.len() > 0) {
+                const one = gpa.alloc(u32, 1) catch return failure.set("out of memory while planning '{f}'", .{log.path(self.root_path)});
+                one[0] = @intCast(self.params.rank % listing.len());
+                self.repeat_backing = one;
+                self.repeat = one;
+            }
+            // Room to repeat up to the target twice over (failed items
+            // repeat as failures); a pass that still falls short fails.
+            if (self.repeat.len > 0) items = plan.len + 2 * @max(target, self.repeat.len);
+        }
         log.info(.files, "listed {d} files under '{f}' in {d} ms; this worker's share: {d}", .{
             listing.len(), log.path(self.root_path), listed_ns / std.time.ns_per_ms, plan.len,
         });
         if (listing.len() == 0) log.warn(.files, "no image files (.jpg .jpeg .png .bmp .gif .webp) under '{f}'", .{log.path(self.root_path)});
         self.listing = listing;
         self.plan = plan;
-        return .{ .items = plan.len, .listed = listing.len(), .skipped = listing.skipped, .listing_ns = listed_ns };
+        return .{ .items = items, .listed = listing.len(), .skipped = listing.skipped, .listing_ns = listed_ns, .equal_samples = equal_samples, .share_items = plan.len };
     }
 
     /// Reads plan item `seq` into `scratch`. The item borrows from `scratch`
     /// and from this source.
     pub fn fetch(self: *FileSource, gpa: Allocator, io: Io, seq: u64, scratch: *source.Scratch, diag: *decoder.Diagnostics) decoder.Error!source.Item {
-        const relative = self.listing.relativePath(self.plan[seq]);
+        const relative = self.listing.relativePath(self.itemAt(seq));
         const path_len = files.joinedLen(self.root_path, relative);
         scratch.path.resize(gpa, path_len) catch return error.NoMemory;
         const path = scratch.path.items;
@@ -101,12 +176,20 @@ pub const FileSource = struct {
             .kind = .file,
             .id = .{ .path = .{ .root = self.root_path, .relative = relative } },
             .source_name = "filesystem",
+            .padded = seq >= self.plan.len,
         };
+    }
+
+    /// The listing index of item `seq`: the plan, then (equal_per_rank)
+    /// its repeats from the start.
+    fn itemAt(self: *const FileSource, seq: u64) u32 {
+        if (seq < self.plan.len) return self.plan[@intCast(seq)];
+        return self.repeat[@intCast((seq - self.plan.len) % self.repeat.len)];
     }
 
     /// The full path of plan item `seq`, for messages.
     pub fn describeItem(self: *const FileSource, seq: u64, w: *Io.Writer) Io.Writer.Error!void {
-        const relative = self.listing.relativePath(self.plan[seq]);
+        const relative = self.listing.relativePath(self.itemAt(seq));
         const separator = if (relative.len == 0 or std.mem.endsWith(u8, self.root_path, "/")) "" else "/";
         try w.print("{f}{s}{f}", .{ log.path(self.root_path), separator, log.path(relative) });
     }

@@ -32,6 +32,7 @@ const db_source = @import("db_source.zig");
 const DbSource = db_source.DbSource;
 const prefetch = @import("prefetch.zig");
 pub const order = @import("order.zig");
+const resume_mod = @import("../resume.zig");
 
 /// One item as a decode worker sees it: encoded bytes and the identity of
 /// the sample they become.
@@ -60,6 +61,8 @@ pub const Item = struct {
     coca_embedding: []const f32 = &.{},
     /// -1: unknown (the Dataroom's null).
     duplicate_state: i64 = 0,
+    /// A repeat of an earlier item, made to even out ranks (equal_per_rank "pad").
+    padded: bool = false,
     /// Empty `bytes` mean "no image" rather than a broken one (a Dataroom
     /// record read without `require_images`).
     image_optional: bool = false,
@@ -131,6 +134,11 @@ pub const Prepared = struct {
     listed: u64 = 0,
     skipped: std.EnumArray(files.SkipCause, u64) = .initFill(0),
     listing_ns: u64 = 0,
+    /// equal_per_rank: the samples this worker hands out, exactly (its
+    /// share of the rank's equal count; `pad` repeats items to reach it).
+    equal_samples: ?u64 = null,
+    /// The items of the share itself, without equal_per_rank's repeats.
+    share_items: u64 = 0,
 };
 
 /// Where a (rank, worker) stands in its epoch: with the config, enough to
@@ -203,6 +211,56 @@ pub const Source = union(enum) {
             .test_stream => {},
         }
         self.* = undefined;
+    }
+
+    /// Prepares a resumed pass (loader.zig), before `prepare`. Invalid:
+    /// the state cannot resume this source (`resumeFailure` says why).
+    pub fn resumeFrom(self: *Source, gpa: Allocator, applied: *const resume_mod.Applied, expected_fingerprint: ?u64) error{ Invalid, OutOfMemory }!void {
+        switch (self.*) {
+            .file => |*s| try s.resumeFrom(gpa, applied, expected_fingerprint),
+            .webdataset, .db => {
+                const part = applied.part orelse return;
+                if (part.position == 0 and part.head == 0) return;
+                return error.Invalid;
+            },
+            .test_stream => {},
+        }
+    }
+
+    pub fn resumeFailure(self: *const Source) []const u8 {
+        return switch (self.*) {
+            .file, .test_stream => "",
+            .webdataset => "a WebDataset source cannot resume mid-epoch in this build",
+            .db => "a Dataroom source cannot resume mid-epoch in this build",
+        };
+    }
+
+    /// The first sequence number of a resumed stream: the checkpoint it
+    /// restarts from, at or before the part's position. Null: the
+    /// position itself (random access).
+    pub fn resumeStartSeq(self: *const Source) ?u64 {
+        return switch (self.*) {
+            .file, .webdataset, .db, .test_stream => null,
+        };
+    }
+
+    /// Of the listing (resume_mod.Fingerprint); null before it was read, or
+    /// for a source without one.
+    pub fn fingerprint(self: *const Source) ?u64 {
+        return switch (self.*) {
+            .file => |*s| s.fingerprint,
+            .webdataset, .db, .test_stream => null,
+        };
+    }
+
+    /// A streaming source's checkpoint for resuming at `seq`, as JSON
+    /// (allocated in `arena`); null for random access.
+    pub fn streamCheckpoint(self: *Source, arena: Allocator, seq: u64) Allocator.Error!?[]const u8 {
+        _ = arena;
+        _ = seq;
+        return switch (self.*) {
+            .file, .webdataset, .db, .test_stream => null,
+        };
     }
 
     pub fn streams(self: *const Source) bool {
