@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
 import secrets
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -31,6 +34,8 @@ import torch.utils.data
 from .client import DatagoClient, fill_rank
 from .errors import ConfigError
 from .types import Batch, Sample
+
+_logger = logging.getLogger("datago")
 
 
 def _usable_cpus() -> int:
@@ -83,14 +88,33 @@ class _EpochCounter:
     set_epoch call count it last saw and its iterations since then."""
 
     processes_max = 1 + 1024
+    # After the per-process slots: [seed adopted from a resume state (0/1), the seed as int64].
+    _seed_slot = 2 + 2 * processes_max
 
     def __init__(self, epoch: int) -> None:
-        self._shared = multiprocessing.RawArray("q", 2 + 2 * self.processes_max)
+        self._shared = multiprocessing.RawArray("q", 2 + 2 * self.processes_max + 2)
         self._shared[0] = epoch
+
+    def adopt_seed(self, seed: int) -> None:
+        """The seed of a resumed run, for every process from now on."""
+        self._shared[self._seed_slot + 1] = seed - (1 << 64) if seed >= 1 << 63 else seed
+        self._shared[self._seed_slot] = 1
+
+    def adopted_seed(self) -> int | None:
+        if not self._shared[self._seed_slot]:
+            return None
+        return int(self._shared[self._seed_slot + 1]) % (1 << 64)
 
     def set_epoch(self, epoch: int) -> None:
         self._shared[0] = epoch
         self._shared[1] += 1
+
+    def resumed(self, worker: int | None, epoch: int) -> None:
+        """This process's iteration ran `epoch` from a resume state: its next
+        one is `epoch + 1`, whatever the count said."""
+        slot = 0 if worker is None else 1 + worker
+        self._shared[2 + 2 * slot] = self._shared[1]
+        self._shared[3 + 2 * slot] = epoch + 1 - self._shared[0]
 
     def next_epoch(self, worker: int | None) -> int:
         """The epoch of a new iteration by worker `worker` (None: the main
@@ -157,20 +181,46 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
         if not isinstance(config, dict):
             raise ConfigError("config: expected a JSON object")
         source = config.get("source_config")
-        if isinstance(source, dict) and source.get("random_sampling") is True and source.get("seed") is None:
+        self._seed_drawn = isinstance(source, dict) and source.get("random_sampling") is True and source.get("seed") is None
+        if self._seed_drawn:
+            assert isinstance(source, dict)
             source["seed"] = secrets.randbits(64)
         DatagoClient(json.dumps(_with_rank(config))).close()  # validate now: a bad config fails here, not in a worker
         self.config = config
         self.return_python_types = return_python_types
         epoch = config.get("epoch", 0)
         self._epochs = _EpochCounter(epoch if isinstance(epoch, int) else 0)
+        # Per process (each DataLoader worker has its own copy of these):
+        # the state to resume at the next iteration, the client of the
+        # running iteration, and the state at the end of the last one.
+        self._resume_state: Any = None
+        self._listed: int | None = None
+        self._num_workers_hint: int | None = None
+        self._client: DatagoClient | None = None
+        self._last_state: dict[str, Any] | None = None
+        distributed = sys.modules.get("torch.distributed")
+        if (
+            config.get("equal_per_rank") is None
+            and distributed is not None
+            and distributed.is_available()
+            and distributed.is_initialized()
+            and distributed.get_world_size() > 1
+        ):
+            _logger.warning(
+                "DatagoIterDataset: %d ranks without equal_per_rank: ranks may yield different numbers of samples "
+                "and batches, and a DDP collective then waits forever for the rank that ran out; set "
+                "equal_per_rank to \"drop\" or \"pad\"",
+                distributed.get_world_size(),
+            )
 
     @property
     def seed(self) -> int | None:
         """The shuffle seed every worker and epoch uses (given, or drawn at
         construction); None without ``random_sampling``."""
         source = self.config.get("source_config") or {}
-        return int(source["seed"]) if source.get("random_sampling") is True else None
+        if source.get("random_sampling") is not True:
+            return None
+        return self._epochs.adopted_seed() or int(source["seed"])
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch of the next iteration (reshuffles with random_sampling);
@@ -179,15 +229,86 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
         self._epochs.set_epoch(int(epoch))
 
     def __len__(self) -> int:
-        if self.config.get("batch_size") is not None:
+        """This rank's samples per epoch (all its DataLoader workers), or
+        batches with ``batch_size``. Known from ``limit``, or for the file
+        source from its listing (read once, here, on first use); batches
+        only with ``equal_per_rank`` (bucket batches otherwise depend on
+        the shapes). Else ``TypeError``, as ``len()`` of an iterable without
+        a length."""
+        config = _with_rank(self.config)
+        source = config.get("source_config") or {}
+        limit = config.get("limit")
+        equal = config.get("equal_per_rank")
+        batch_size = config.get("batch_size")
+        rank, world_size = int(source.get("rank", 0)), int(source.get("world_size", 1))
+        if config.get("source_type", "db") == "file":
+            if self._listed is None:
+                self._listed = _listed_count(config)
+            n = self._listed
+            if equal == "drop":
+                samples = n // world_size
+            elif equal == "pad":
+                samples = -(-n // world_size)
+            else:
+                samples = _rank_share(n, rank, world_size)
+            if limit is not None:
+                samples = min(samples, int(limit))
+        elif limit is not None and (equal is not None or batch_size is None):
+            samples = int(limit)
+        else:
             raise TypeError(
-                "DatagoIterDataset has no length in batch mode: batches group samples by shape, so their "
-                "number is only known at the end of the epoch ('limit' counts samples)"
+                "DatagoIterDataset has no length here: a stream's size is known only at its end; set 'limit' "
+                "(with equal_per_rank, every rank yields exactly limit samples)"
             )
-        limit = self.config.get("limit")
-        if limit is None:
-            raise TypeError("DatagoIterDataset has no length without 'limit' (the reference returned 1e9)")
-        return int(limit)
+        if batch_size is None:
+            return samples
+        if equal is None:
+            raise TypeError(
+                "DatagoIterDataset has no length in batch mode without equal_per_rank: batches group samples by "
+                "shape, so their number is only known at the end of the epoch"
+            )
+        # Each DataLoader worker batches its own part.
+        info = torch.utils.data.get_worker_info()
+        workers = 1 if info is None else info.num_workers
+        workers = int(self._num_workers_hint or workers)
+        parts = [samples // workers + (1 if w < samples % workers else 0) for w in range(workers)]
+        size = int(batch_size)
+        return sum(p // size if equal == "drop" else -(-p // size) for p in parts)
+
+    def set_num_workers(self, num_workers: int) -> None:
+        """The DataLoader's ``num_workers``, for ``len()`` in batch mode
+        (each worker batches its own part)."""
+        self._num_workers_hint = max(1, int(num_workers))
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's state (its rank and DataLoader worker), as
+        ``DatagoClient.state_dict()``: torchdata's ``StatefulDataLoader``
+        calls it in each worker and hands it back to the same worker's
+        ``load_state_dict``. In the main process without workers, the state
+        of the running (or last) iteration."""
+        if self._client is not None:
+            return self._client.state_dict()
+        if self._resume_state is not None:
+            return dict(self._resume_state) if isinstance(self._resume_state, Mapping) else {"states": self._resume_state}
+        if self._last_state is not None:
+            return self._last_state
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any] | list[Any]) -> None:
+        """The next iteration (in this process) continues `state`: one
+        process's ``state_dict()``, or the list of every rank's and worker's
+        to resume with another ``world_size`` or ``num_workers``. An empty
+        dict (a state taken before the first iteration) is ignored."""
+        if isinstance(state, Mapping) and "states" in state and len(state) == 1:
+            state = state["states"]
+        if isinstance(state, Mapping) and not state:
+            return
+        self._resume_state = state
+        # A seed this dataset drew gives way to the one the saved run used
+        # (shared with the main process and every worker, for later epochs).
+        first = state[0] if isinstance(state, list) and state else state
+        if self._seed_drawn and isinstance(first, Mapping) and first.get("seed") is not None:
+            self._epochs.adopt_seed(int(first["seed"]))
 
     def worker_config(self, epoch: int | None = None) -> dict[str, Any]:
         """The config the current process (rank and DataLoader worker) reads
@@ -201,15 +322,28 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
             config["num_threads"] = max(1, total // num_workers)
         if epoch is not None:
             config["epoch"] = epoch
+        adopted = self._epochs.adopted_seed()
+        if adopted is not None:
+            config["source_config"]["seed"] = adopted
         return config
 
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
-        epoch = self._epochs.next_epoch(None if info is None else info.id)
+        worker = None if info is None else info.id
+        epoch = self._epochs.next_epoch(worker)
         config = self.worker_config(epoch)
-        with DatagoClient(json.dumps(config)) as client:
-            for item in client:
-                yield self._convert(item)
+        state, self._resume_state = self._resume_state, None
+        with DatagoClient(json.dumps(config), state=state) as client:
+            if state is not None:
+                resumed_epoch = int(client.state_dict()["epoch"])
+                self._epochs.resumed(worker, resumed_epoch)
+            self._client = client
+            try:
+                for item in client:
+                    yield self._convert(item)
+            finally:
+                self._last_state = client.state_dict()
+                self._client = None
 
     def _convert(self, item: Sample | Batch) -> Any:
         if isinstance(item, Batch):
@@ -239,6 +373,30 @@ class DatagoIterDataset(torch.utils.data.IterableDataset):
             "additional_images": {k: _tensor(v) for k, v in item.additional_images.items()},
             "padded": item.padded,
         }
+
+
+def _rank_share(n: int, rank: int, world_size: int) -> int:
+    """Items of a listing of `n` in rank `rank`'s strided share (docs/design.md §2)."""
+    return 0 if n <= rank else (n - rank - 1) // world_size + 1
+
+
+def _listed_count(config: dict[str, Any]) -> int:
+    """The number of files the file source lists for `config`: a client
+    lists them (its pass is stopped as soon as the listing is known)."""
+    probe = {**config, "num_threads": 1, "samples_buffer_size": 1, "log_interval_s": 0}
+    probe.pop("limit", None)
+    probe.pop("equal_per_rank", None)
+    with DatagoClient(json.dumps(probe)) as client:
+        client.start()
+        while True:
+            stats = client.stats()
+            waiting = stats.get("waiting_for") or ""
+            if not stats.get("running") or not waiting.startswith("the preparation"):
+                break
+            time.sleep(0.005)
+        if not stats.get("running") and stats.get("listed", 0) == 0:
+            client.get_sample()  # raises the listing's error (a missing root_path), if any
+        return int(stats["listed"])
 
 
 def _tensor(payload: Any) -> Any:

@@ -559,7 +559,12 @@ pub const Pass = struct {
         var failure: source_mod.Failure = .{};
         const prepared = pass.source.prepare(pass.gpa, pass.io, &pass.canceled, &failure) catch |err| {
             switch (err) {
-                error.Failed => pass.failListing("{s}", .{failure.text()}),
+                error.Failed => {
+                    pass.mutex.lockUncancelable(pass.io);
+                    if (pass.failure_len == null) pass.failure_kind = failure.kind;
+                    pass.mutex.unlock(pass.io);
+                    pass.failListing("{s}", .{failure.text()});
+                },
                 error.Canceled => {},
             }
             return;

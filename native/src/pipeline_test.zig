@@ -267,12 +267,16 @@ test "a new pass after the end is epoch 1 and the same files" {
 /// Runs a pass over the test stream source (the reader stage between a
 /// streaming source and the workers) and returns the delivered ids in order.
 fn streamPass(images: []const []const u8, fail_after: ?usize, prefetch_size: u32, threads: u32, ids: *std.ArrayList(u8)) !pipeline.NextResult {
+    return streamPassResumed(images, fail_after, prefetch_size, threads, ids, null);
+}
+
+fn streamPassResumed(images: []const []const u8, fail_after: ?usize, prefetch_size: u32, threads: u32, ids: *std.ArrayList(u8), resumption: ?pipeline.Pass.Resume) !pipeline.NextResult {
     var text: [256]u8 = undefined;
     const json = try std.fmt.bufPrint(&text, "{{\"source_type\": \"file\", \"source_config\": {{\"root_path\": \"unused\"}}, \"prefetch_buffer_size\": {d}, \"num_threads\": {d}, \"samples_buffer_size\": 4}}", .{ prefetch_size, threads });
     var diag: config_mod.Diagnostics = .{};
     var parsed = try config_mod.parse(testing.allocator, json, &diag);
     defer parsed.deinit();
-    const pass = try pipeline.Pass.createWith(testing.allocator, &parsed.config, 0, .{ .test_stream = .{ .images = images, .fail_after = fail_after } });
+    const pass = try pipeline.Pass.createWith(testing.allocator, &parsed.config, 0, .{ .test_stream = .{ .images = images, .fail_after = fail_after } }, resumption);
     defer pass.unref();
     try pass.start();
     while (true) {
@@ -323,5 +327,23 @@ test "a stream that fails fails its pass with the source's reason" {
     try testing.expect(std.mem.endsWith(u8, ids.items, reason));
     const delivered = ids.items[0 .. ids.items.len - reason.len];
     try testing.expect(std.mem.startsWith(u8, "item-0 item-1 ", delivered));
+    try drain();
+}
+
+test "a resumed stream passes over the items its part had consumed, without decoding them" {
+    var buffer: [10][128]u8 = undefined;
+    var images: [10][]const u8 = undefined;
+    // Item 1 is not an image: consumed before the resume, it must not be
+    // decoded (and counted as failed) again.
+    for (&images, 0..) |*image, i| image.* = if (i == 1) "not an image" else bmp(&buffer[i], 2, 2, .{ .value = @intCast(i) });
+    // Consumed: everything below 3, and 4 and 6 of the window [3, 7).
+    const part: @import("resume.zig").Part = .{ .rank = 0, .worker = 0, .position = 3, .head = 7, .consumed = &.{0b1010}, .delivered = 4 };
+    for ([_]u32{ 1, 3 }) |threads| {
+        var ids: std.ArrayList(u8) = .empty;
+        defer ids.deinit(testing.allocator);
+        const result = try streamPassResumed(&images, null, 2, threads, &ids, .{ .part = part, .limit = null, .start_seq = 0 });
+        try testing.expect(result == .end);
+        try testing.expectEqualStrings("item-3 item-5 item-7 item-8 item-9 ", ids.items);
+    }
     try drain();
 }

@@ -539,3 +539,51 @@ test "with no levels the remainder plan is the plan" {
     defer testing.allocator.free(b);
     try testing.expectEqualSlices(u32, b, a);
 }
+
+test "elastic chains over many shapes deliver every item exactly once" {
+    var prng: std.Random.DefaultPrng = .init(0x5eed);
+    const random = prng.random();
+    const sizes = [_]u64{ 0, 1, 2, 7, 31, 100 };
+    const shapes = [_][2]u32{ .{ 1, 1 }, .{ 2, 1 }, .{ 3, 1 }, .{ 8, 1 }, .{ 1, 2 }, .{ 2, 3 }, .{ 8, 3 } };
+    for (0..300) |_| {
+        var arena_state: std.heap.ArenaAllocator = .init(testing.allocator);
+        defer arena_state.deinit();
+        const arena = arena_state.allocator();
+        const n = sizes[random.uintLessThan(usize, sizes.len)];
+        const seed: ?u64 = if (random.boolean()) random.int(u64) else null;
+        const epoch = random.uintLessThan(u64, 3);
+        const delivered = try testing.allocator.alloc(u8, @intCast(n));
+        defer testing.allocator.free(delivered);
+        @memset(delivered, 0);
+        // Up to three shapes in one epoch; each part stops at a random
+        // position with a random window of pending items behind its head.
+        var levels: std.ArrayList(Level) = .empty;
+        const depth = 1 + random.uintLessThan(usize, 3);
+        for (0..depth) |level_index| {
+            const shape = shapes[random.uintLessThan(usize, shapes.len)];
+            const last = level_index + 1 == depth;
+            var parts: std.ArrayList(Part) = .empty;
+            for (0..shape[0]) |r| for (0..shape[1]) |w| {
+                var remainder_len: u64 = 0;
+                const params: order.Params = .{ .rank = @intCast(r), .world_size = shape[0], .worker = @intCast(w), .num_workers = shape[1], .shuffle_seed = seed, .epoch = epoch };
+                const plan = try remainderPlan(testing.allocator, n, levels.items, params, &remainder_len);
+                defer testing.allocator.free(plan);
+                if (last) {
+                    for (plan) |at| delivered[at] += 1;
+                    continue;
+                }
+                const head = random.uintAtMost(u64, plan.len);
+                const position = head - random.uintAtMost(u64, @min(head, 5));
+                const bits = try arena.alloc(u8, @intCast((head - position + 7) / 8));
+                for (bits) |*b| b.* = random.int(u8);
+                const part: Part = .{ .rank = @intCast(r), .worker = @intCast(w), .position = position, .head = head, .consumed = bits };
+                for (plan, 0..) |at, seq| if (part.isConsumed(seq)) {
+                    delivered[at] += 1;
+                };
+                try parts.append(arena, part);
+            };
+            if (!last) try levels.append(arena, .{ .world_size = shape[0], .num_workers = shape[1], .parts = parts.items });
+        }
+        for (delivered) |count| try testing.expectEqual(@as(u8, 1), count);
+    }
+}
