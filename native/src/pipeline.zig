@@ -393,8 +393,24 @@ pub const Pass = struct {
             }
             pass.consumers_waiting += 1;
             defer pass.consumers_waiting -= 1;
+            // What delivery in plan order costs: time waited for the item at
+            // `head` while a later one was ready (completion order would
+            // have handed that one out). Measured only when about to wait.
+            const behind_head = pass.config.collect_stats and pass.laterReadyLocked();
+            const before_ns = if (behind_head) runtime.monotonicNs() else 0;
+            defer if (behind_head) {
+                pass.counters.ordered_wait_ns += runtime.monotonicNs() - before_ns;
+            };
             pass.ready_cond.waitTimeout(io, &pass.mutex, deadline) catch return .timeout;
         }
+    }
+
+    fn laterReadyLocked(pass: *Pass) bool {
+        var seq = pass.head + 1;
+        while (seq < pass.dispatched) : (seq += 1) {
+            if (pass.slots[seq % pass.slots.len] == .ready) return true;
+        }
+        return false;
     }
 
     /// Logs an INFO line with throughput and failures every log_interval_s.

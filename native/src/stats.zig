@@ -99,6 +99,9 @@ pub const Counters = struct {
     stages: std.EnumArray(Stage, Histogram) = .initFill(.{}),
     /// Time callers of `next` spent waiting for a sample.
     consumer_wait: Histogram = .{},
+    /// Of that, time waited for the item due while a later one was ready:
+    /// the cost of delivering in plan order rather than completion order.
+    ordered_wait_ns: u64 = 0,
     listed: u64 = 0,
     listing_ns: u64 = 0,
     /// equal_per_rank: samples delivered that repeat an earlier item (`pad`,
@@ -161,7 +164,7 @@ pub fn writeJson(w: *std.Io.Writer, s: *const Snapshot) std.Io.Writer.Error!void
         s.epoch, s.running, s.threads, nsToS(s.elapsed_ns),
     });
     try w.print("\"listed\":{d},\"listing_s\":{d:.3},\"planned\":{d},", .{ c.listed, nsToS(c.listing_ns), s.plan_len });
-    try w.print("\"padded\":{d},\"equal_dropped\":{d},", .{ c.padded, c.equal_dropped });
+    try w.print("\"padded\":{d},\"equal_dropped\":{d},\"ordered_wait_s\":{d:.6},", .{ c.padded, c.equal_dropped, nsToS(c.ordered_wait_ns) });
     if (s.seed) |seed| try w.print("\"seed\":{d},", .{seed}) else try w.writeAll("\"seed\":null,");
     try w.writeAll("\"waiting_for\":");
     if (s.waiting_for_len > 0) try std.json.Stringify.encodeJsonString(s.waitingFor(), .{}, w) else try w.writeAll("null");
