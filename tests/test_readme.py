@@ -31,6 +31,8 @@ def test_readme_snippet_runs(index: int, images: Path) -> None:
     code = SNIPPETS[index]
     if "import torch" in code:
         pytest.importorskip("torch", reason="PyTorch is optional; the README's test command installs it")
+    if "torchdata" in code:
+        pytest.importorskip("torchdata", reason="torchdata is optional; the README's test command installs it")
     # The Dataroom example imports the test server from tests/, relative to
     # the repository root where a reader runs it.
     code = code.replace('sys.path.insert(0, "tests")', f"sys.path.insert(0, {str(Path(__file__).parent)!r})")
