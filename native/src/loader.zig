@@ -208,6 +208,10 @@ pub const Loader = struct {
             part = try p.statePart(arena, rank, worker);
             if (p.source.fingerprint()) |f| state.fingerprint = f;
             part.stream = try p.source.streamCheckpoint(arena, part.position);
+            if (try p.source.keysetJson(arena, part.position)) |k| {
+                part.after_key = k.key;
+                part.in_page = k.in_page;
+            }
         };
         const levels = try arena.alloc(resume_mod.Level, history.len + 1);
         @memcpy(levels[0..history.len], history);

@@ -128,6 +128,16 @@ pub const DbSource = struct {
     connect_timeout_ms: u32,
     counts: Counts = .{},
     marks: Marks = .{},
+    /// A resumed stream (`resumeFrom`): its first item is the record after
+    /// `after_key`'s page's first `in_page` records, numbered `seq`.
+    resumed: ?Resumed = null,
+
+    pub const Resumed = struct {
+        seq: u64,
+        /// Owned.
+        after_key: []u8,
+        in_page: u32,
+    };
 
     pub fn init(gpa: Allocator, config: *const config_mod.Config, epoch: u64) Allocator.Error!DbSource {
         const db = &config.dataroom;
@@ -157,6 +167,7 @@ pub const DbSource = struct {
     }
 
     pub fn deinit(self: *DbSource, gpa: Allocator) void {
+        if (self.resumed) |r| gpa.free(r.after_key);
         if (self.api_root) |r| gpa.free(r);
         if (self.authorization) |a| gpa.free(a);
         gpa.free(self.first_query);
@@ -190,8 +201,42 @@ pub const DbSource = struct {
         return .{ .items = null };
     }
 
+    /// Resumes at `seq`, the record `in_page` of the page after `after_key`
+    /// (the server's keyset: the same request gives the same page while the
+    /// data behind the cursor is unchanged).
+    pub fn resumeAt(self: *DbSource, gpa: Allocator, seq: u64, after_key: []const u8, in_page: u32) Allocator.Error!void {
+        const key = try gpa.dupe(u8, after_key);
+        if (self.resumed) |r| gpa.free(r.after_key);
+        self.resumed = .{ .seq = seq, .after_key = key, .in_page = in_page };
+    }
+
+    /// The keyset of item `seq` for a resume state: its own mark, or, when
+    /// it was not streamed yet, the one after the item before it.
+    pub fn keysetAt(self: *DbSource, seq: u64) ?source.Cursor.Keyset {
+        var c: source.Cursor = .{ .seed = null, .epoch = 0, .rank = 0, .world_size = 1, .worker = 0, .num_workers = 1, .position = seq };
+        self.marks.keyset(seq, &c);
+        if (c.keyset) |k| return k;
+        if (seq == (if (self.resumed) |r| r.seq else 0)) {
+            var k: source.Cursor.Keyset = .{};
+            if (self.resumed) |r| {
+                k.key_len = @intCast(r.after_key.len);
+                @memcpy(k.key[0..r.after_key.len], r.after_key);
+                k.in_page = r.in_page;
+            }
+            return k;
+        }
+        if (seq == 0) return null;
+        self.marks.keyset(seq - 1, &c);
+        if (c.keyset) |*k| {
+            k.in_page += 1;
+            return k.*;
+        }
+        return null;
+    }
+
     pub fn stream(self: *DbSource, gpa: Allocator, stage: *prefetch.Prefetch) void {
         if (self.api_root == null) return stage.fail("the Dataroom source was not prepared", .{});
+        if (self.resumed) |r| stage.setFirstSeq(r.seq);
         const run = gpa.create(Run) catch return stage.fail("out of memory for the Dataroom stream", .{});
         defer gpa.destroy(run);
         run.init(gpa, stage.io, self) catch {
@@ -233,7 +278,9 @@ pub const DbSource = struct {
 /// starts after. Rings: the last `items_max` items, `pages_max` pages.
 pub const Marks = struct {
     pub const key_bytes_max = 512;
-    const items_max = 4096;
+    // Past the resume window (batch samples can be pending 8192 items
+    // behind): a state names the keyset of its position.
+    const items_max = 16384;
     const pages_max = 64;
 
     lock: std.atomic.Value(bool) = .init(false),
@@ -317,8 +364,10 @@ fn retriesMax() u8 {
 /// One record's outcome, waiting in the window for the merger.
 const Result = union(enum) {
     empty,
-    item: source.Item,
+    item: Made,
     skipped,
+
+    const Made = struct { item: source.Item, page: u64, index: u32 };
 };
 
 /// A fetched page and where its records start in the sequence.
@@ -326,6 +375,8 @@ const Queued = struct {
     page: record_mod.Page,
     first: u64,
     number: u64,
+    /// The in-page index of `page.records[0]` (records skipped by a resume).
+    index_base: u32 = 0,
 };
 
 /// The state of one stream, shared by its threads.
@@ -391,7 +442,7 @@ const Run = struct {
 
     fn deinit(run: *Run) void {
         for (run.results) |*r| switch (r.*) {
-            .item => |*item| item.release(run.gpa),
+            .item => |*made| made.item.release(run.gpa),
             else => {},
         };
         run.gpa.free(run.results);
@@ -446,6 +497,9 @@ const Run = struct {
     /// The reader thread: results in sequence order into the stage.
     fn merge(run: *Run, stage: *prefetch.Prefetch) void {
         var seq: u64 = 0;
+        // The stage's numbering: items only (skipped records are not put),
+        // from a resume's first sequence number.
+        var put_seq: u64 = if (run.owner.resumed) |r| r.seq else 0;
         while (true) {
             run.mutex.lockUncancelable(run.io);
             const slot = &run.results[seq % run.results.len];
@@ -472,7 +526,11 @@ const Run = struct {
             run.changed.broadcast(run.io);
             run.mutex.unlock(run.io);
             switch (result) {
-                .item => |item| stage.put(item) catch return,
+                .item => |made| {
+                    run.owner.marks.item(put_seq, made.page, made.index, made.item.id.plain);
+                    put_seq += 1;
+                    stage.put(made.item) catch return;
+                },
                 .skipped, .empty => {},
             }
         }
@@ -519,6 +577,22 @@ const Run = struct {
         }) catch return run.fail(.config, "source_config: the Dataroom request is longer than {d} bytes", .{url_bytes_max});
         var after_key_buffer: [Marks.key_bytes_max]u8 = undefined;
         var after_key: []const u8 = "";
+        // A resume asks for the page it stopped in and skips what of it
+        // was consumed.
+        var skip_first: u32 = 0;
+        if (owner.resumed) |r| {
+            if (r.after_key.len > 0) {
+                var w: Io.Writer = .fixed(url_buffer[url.len..]);
+                w.writeAll(if (owner.first_query.len > 0) "&cursor=" else "?cursor=") catch
+                    return run.fail(.config, "source_config: the Dataroom request is longer than {d} bytes", .{url_bytes_max});
+                query.writeEncoded(&w, r.after_key) catch
+                    return run.fail(.config, "source_config: the Dataroom request is longer than {d} bytes", .{url_bytes_max});
+                url = url_buffer[0 .. url.len + w.buffered().len];
+                @memcpy(after_key_buffer[0..r.after_key.len], r.after_key);
+                after_key = after_key_buffer[0..r.after_key.len];
+            }
+            skip_first = r.in_page;
+        }
         var bad_pages: u32 = 0;
         var stale_batches: u32 = 0;
         var seen: std.AutoHashMapUnmanaged(u64, void) = .empty;
@@ -549,6 +623,13 @@ const Run = struct {
             const last_id: ?[]const u8 = if (page.records.len > 0) page.records[page.records.len - 1].id else null;
             const next_url = page.next;
             const number = owner.marks.page(after_key);
+            const index_base = @min(skip_first, @as(u32, @intCast(page.records.len)));
+            if (skip_first > 0) {
+                // The consumed records of a resumed page: never downloaded again.
+                page.records = page.records[index_base..];
+                _ = owner.counts.records.fetchSub(index_base, .monotonic);
+                skip_first = 0;
+            }
             // Copy what outlives the page before it is queued (a worker
             // may free nothing of it, but the merger may, once merged).
             var next_buffer: [url_bytes_max]u8 = undefined;
@@ -562,7 +643,7 @@ const Run = struct {
                 @memcpy(after_key_buffer[0..n], id[0..n]);
                 after_key = after_key_buffer[0..n];
             }
-            if (!run.push(page, number)) return;
+            if (!run.push(page, number, index_base)) return;
             if (owner.random_sampling) {
                 stale_batches = if (fresh == 0) stale_batches + 1 else 0;
                 if (stale_batches >= random_stale_batches_max or seen.count() >= random_seen_max) break;
@@ -621,7 +702,7 @@ const Run = struct {
     }
 
     /// Queues a page's records (takes the page). False once closed.
-    fn push(run: *Run, page: record_mod.Page, number: u64) bool {
+    fn push(run: *Run, page: record_mod.Page, number: u64, index_base: u32) bool {
         var owned = page;
         run.mutex.lockUncancelable(run.io);
         defer run.mutex.unlock(run.io);
@@ -633,7 +714,7 @@ const Run = struct {
             owned.deinit();
             return true;
         }
-        run.queue.append(run.gpa, .{ .page = owned, .first = run.available, .number = number }) catch {
+        run.queue.append(run.gpa, .{ .page = owned, .first = run.available, .number = number, .index_base = index_base }) catch {
             owned.deinit();
             run.failure.set("out of memory while queueing Dataroom records", .{}) catch {};
             run.failed = true;
@@ -680,7 +761,7 @@ const Run = struct {
             if (seq >= q.first and seq < q.first + q.page.records.len) {
                 const index: u32 = @intCast(seq - q.first);
                 if (seq + 1 == q.first + q.page.records.len) run.changed.broadcast(run.io);
-                return .{ .seq = seq, .record = &q.page.records[index], .page_number = q.number, .index = index };
+                return .{ .seq = seq, .record = &q.page.records[index], .page_number = q.number, .index = q.index_base + index };
             }
         }
         unreachable; // claimed < available: some queued page holds it
@@ -694,7 +775,7 @@ const Run = struct {
         if (run.closed) {
             var r = result;
             switch (r) {
-                .item => |*item| item.release(run.gpa),
+                .item => |*made| made.item.release(run.gpa),
                 else => {},
             }
             return;
@@ -850,8 +931,8 @@ const BlobWorker = struct {
             w.spans.append(run.gpa, .{ .start = start, .len = w.blob_bytes.items.len - start }) catch return w.outOfMemory(record);
         }
         const item = w.build(record) catch return w.outOfMemory(record);
-        run.owner.marks.item(seq, page_number, index, record.id);
-        return .{ .item = item };
+        _ = seq;
+        return .{ .item = .{ .item = item, .page = page_number, .index = index } };
     }
 
     /// Blob `b` of the record (none when its URL is null), re-reading the

@@ -218,7 +218,14 @@ pub const Source = union(enum) {
     pub fn resumeFrom(self: *Source, gpa: Allocator, applied: *const resume_mod.Applied, expected_fingerprint: ?u64) error{ Invalid, OutOfMemory }!void {
         switch (self.*) {
             .file => |*s| try s.resumeFrom(gpa, applied, expected_fingerprint),
-            .webdataset, .db => {
+            .db => |*s| {
+                const part = applied.part orelse return;
+                if (part.position == 0 and part.head == 0) return;
+                if (s.random_sampling) return error.Invalid;
+                const key = part.after_key orelse return error.Invalid;
+                try s.resumeAt(gpa, part.position, key, part.in_page);
+            },
+            .webdataset => {
                 const part = applied.part orelse return;
                 if (part.position == 0 and part.head == 0) return;
                 return error.Invalid;
@@ -231,7 +238,10 @@ pub const Source = union(enum) {
         return switch (self.*) {
             .file, .test_stream => "",
             .webdataset => "a WebDataset source cannot resume mid-epoch in this build",
-            .db => "a Dataroom source cannot resume mid-epoch in this build",
+            .db => |*s| if (s.random_sampling)
+                "a Dataroom source with random_sampling cannot resume mid-epoch: the server's random endpoint has no position (start the next epoch instead)"
+            else
+                "the state has no Dataroom position (after_key) for a part that had started",
         };
     }
 
@@ -260,6 +270,16 @@ pub const Source = union(enum) {
         _ = seq;
         return switch (self.*) {
             .file, .webdataset, .db, .test_stream => null,
+        };
+    }
+
+    /// A keyset-paged source's position of item `seq` for a resume state
+    /// (the key copied into `arena`); null for other sources, or when it is
+    /// not known.
+    pub fn keysetJson(self: *Source, arena: Allocator, seq: u64) Allocator.Error!?struct { key: []const u8, in_page: u32 } {
+        return switch (self.*) {
+            .db => |*s| if (s.keysetAt(seq)) |k| .{ .key = try arena.dupe(u8, k.keyText()), .in_page = k.in_page } else null,
+            .file, .webdataset, .test_stream => null,
         };
     }
 
