@@ -362,6 +362,27 @@ test "a server without Range is read again and the delivered bytes skipped" {
     try testing.expectEqual(@as(u64, data.len + 70_000), f.body.stats.bytes_received);
 }
 
+test "openAt asks for the rest with Range from its first request; a 200 has the start skipped" {
+    const data = testData(100_000);
+    for ([_]bool{ false, true }) |ignore_range| {
+        const f = try Fixture.create(&data, .{ .ignore_range = ignore_range }, fast);
+        defer f.destroy();
+        var url_buffer: [128]u8 = undefined;
+        try f.body.openAt(&f.client, f.server.url(&url_buffer, "http"), &f.buffer, 30_000);
+        const got = got: {
+            defer f.body.close();
+            break :got try f.body.interface.allocRemaining(testing.allocator, .unlimited);
+        };
+        defer testing.allocator.free(got);
+        try testing.expectEqualSlices(u8, data[30_000..], got);
+        const records = try f.server.records(1);
+        try testing.expectEqual(@as(usize, 1), records.len);
+        try testing.expectEqual(@as(?u64, 30_000), records[0].range_start);
+        try testing.expectEqual(@as(u16, if (ignore_range) 200 else 206), records[0].status);
+        try testing.expectEqual(@as(u64, if (ignore_range) 30_000 else 0), f.body.stats.bytes_skipped);
+    }
+}
+
 test "500 then success: retried with backoff" {
     const data = testData(5_000);
     const f = try Fixture.create(&data, .{ .fail_times = 2 }, fast);
