@@ -65,6 +65,17 @@ pub const Prefetch = struct {
         return .{ .gpa = gpa, .io = io, .slots = slots };
     }
 
+    /// Reader side, before the first `put`: the stream resumes at `seq`
+    /// (a checkpoint's), so its first item gets that sequence number; the
+    /// workers claim from there on. Slots stay `seq % capacity`.
+    pub fn setFirstSeq(self: *Prefetch, seq: u64) void {
+        self.mutex.lockUncancelable(self.io);
+        defer self.mutex.unlock(self.io);
+        std.debug.assert(self.queued == 0 and (self.put_seq == 0 or self.put_seq == seq));
+        self.put_seq = seq;
+        // A worker that claimed `seq` early waits on its slot: `put` wakes it.
+    }
+
     /// Releases items never taken. No thread may use the stage any more.
     pub fn deinit(self: *Prefetch) void {
         self.releaseAll();
