@@ -77,6 +77,7 @@ pub const attributes_bytes_max = 16 * 1024 * 1024;
 const described_max = 1024;
 const described_bytes_max = 192;
 const file_buffer_bytes = 64 * 1024;
+const watchdog_stack_bytes = 1024 * 1024;
 /// Items the pipeline keeps pending past the consumer's position (its
 /// resume window); checkpoints reach back this far beyond the stage's and
 /// the pipeline's buffers.
@@ -563,7 +564,10 @@ const Shared = struct {
         if (!any_http) return;
         shared.watchdog = .init(shared.io);
         const period = http.Watchdog.periodFor(shared.owner.options.read_timeout_ms);
-        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
+        // glibc refuses a stack that does not hold the binary's static TLS
+        // (std then panics): 64 and 256 KiB aborted the test binary. The
+        // stack is only reserved, so a margin costs nothing.
+        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = watchdog_stack_bytes }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
         shared.client.init(shared.gpa, shared.io, &shared.watchdog, shared.owner.options);
         shared.client_ready = true;
         if (shared.owner.ca_bundle) |path| shared.client.useCaBundle(path) catch |err| {
@@ -1030,8 +1034,8 @@ fn writeResumeShards(dir: Io.Dir, lengths: []const usize, gzipped: ?usize) !void
 
 /// One WebDataset pass over `json`'s configuration, from `resume_from` if
 /// given, into a stage that holds it all; keeps the source for its
-/// checkpoints.
-const TestPass = struct {
+/// checkpoints. Test helper (http_test.zig uses it too).
+pub const TestPass = struct {
     parsed: config_mod.Parsed,
     src: WdsSource,
     /// "seq:id;" per item, in seq order.
@@ -1041,7 +1045,7 @@ const TestPass = struct {
     first: u64 = 0,
     total: u64 = 0,
 
-    fn run(json: []const u8, resume_from: ?Checkpoint) !*TestPass {
+    pub fn run(json: []const u8, resume_from: ?Checkpoint) !*TestPass {
         const gpa = testing.allocator;
         const pass = try gpa.create(TestPass);
         errdefer gpa.destroy(pass);
@@ -1086,12 +1090,12 @@ const TestPass = struct {
     }
 
     /// The items from `seq` on.
-    fn from(pass: *const TestPass, seq: u64) []const u8 {
+    pub fn from(pass: *const TestPass, seq: u64) []const u8 {
         if (seq >= pass.total) return "";
         return pass.text.items[pass.starts.items[@intCast(seq - pass.first)]..];
     }
 
-    fn deinit(pass: *TestPass) void {
+    pub fn deinit(pass: *TestPass) void {
         const gpa = testing.allocator;
         pass.text.deinit(gpa);
         pass.starts.deinit(gpa);
