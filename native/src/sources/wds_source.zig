@@ -156,11 +156,10 @@ pub const WdsSource = struct {
         errdefer gpa.free(described);
         @memset(described, .{});
         const shuffle = shuffle_buffer.paramsFor(config, epoch);
-        // The consumer's position lags the last put by at most the stage,
-        // the samples buffer and the workers' claims (num_threads counted
-        // as 256, the most that matter in practice), plus the pipeline's
-        // resume window: every sequence number that recent has a checkpoint
-        // at or before it.
+        // Retention: the consumer's position lags the last put by at most
+        // the stage, the samples buffer and the workers' claims (256
+        // allowed for them), plus the pipeline's resume window; every
+        // sequence number that recent has a checkpoint at or before it.
         const retention: u64 = @as(u64, config.prefetch_buffer_size) + config.samples_buffer_size + 256 + resume_window_items;
         const lanes_max = @max(1, @min(@as(u32, wds.concurrent_downloads), wds_checkpoint.lanes_max));
         var retained: wds_checkpoint.Retained = try .init(gpa, lanes_max, retention, shuffle.blockItems());
