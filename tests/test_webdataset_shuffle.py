@@ -1,5 +1,5 @@
-"""The WebDataset sample shuffle buffer (`source_config.shuffle_buffer`):
-samples mixed across shards, reproducibly from (seed, epoch), each exactly
+"""The WebDataset sample shuffle (`source_config.shuffle_buffer`): samples
+mixed across shards in blocks, reproducibly from (seed, epoch), each exactly
 once, on local shards written at test time."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from shard_server import image_bytes, make_shards, sample_members, write_tar
 
 import datago
-from support import drain
+from support import GOLDEN, MASK64, SplitMix64, drain, mix64, stream_seed
 
 
 def wds_config(url: str, **source: Any) -> str:
@@ -61,6 +61,28 @@ def test_a_seed_repeats_the_order_and_every_sample_comes_once(shards) -> None:
     assert sorted(first) == sorted(all_keys(shards))
     # Mixed across shard boundaries, not only reordered shards.
     assert len(runs_by_shard(first)) > 8, first
+
+
+def block_shuffled(keys: list[str], capacity: int, seed: int, epoch: int = 0, rank: int = 0, worker: int = 0) -> list[str]:
+    """docs/design.md's block shuffle, written again from its text."""
+    state = mix64((stream_seed(seed ^ 0x73687566666C6531, epoch, rank) + GOLDEN * (worker + 1)) & MASK64)
+    out: list[str] = []
+    for b, start in enumerate(range(0, len(keys), capacity)):
+        block = keys[start:start + capacity]
+        rng = SplitMix64(mix64((state + GOLDEN * (b + 1)) & MASK64))
+        for i in range(len(block) - 1, 0, -1):
+            j = rng.below(i + 1)
+            block[i], block[j] = block[j], block[i]
+        out += block
+    return out
+
+
+def test_the_order_is_the_documented_block_shuffle(shards) -> None:
+    # One lane, shards in expansion order: blocks of 16 over the tar order.
+    ids = ids_of(wds_config(pattern_of(shards), seed=11, shuffle_buffer=16))
+    assert ids == block_shuffled(all_keys(shards), 16, seed=11)
+    epoch1 = ids_of(wds_config(pattern_of(shards), seed=11, shuffle_buffer=7, top={"epoch": 1}))
+    assert epoch1 == block_shuffled(all_keys(shards), 7, seed=11, epoch=1)
 
 
 def test_epochs_mix_differently(shards) -> None:

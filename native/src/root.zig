@@ -50,6 +50,7 @@ test {
     _ = @import("sources/tar.zig");
     _ = @import("sources/wds_group.zig");
     _ = @import("sources/wds_source.zig");
+    _ = @import("sources/wds_checkpoint.zig");
     _ = @import("sources/http.zig");
     _ = @import("sources/http_test.zig");
     _ = @import("sources/shard_cache.zig");

@@ -528,6 +528,15 @@ pub const Body = struct {
     /// body must not move while open. On error nothing is held (`close` is
     /// then a no-op) and `diagnostics` says why.
     pub fn open(body: *Body, client: *Client, url: []const u8, buffer: []u8) Error!void {
+        return body.openAt(client, url, buffer, 0);
+    }
+
+    /// `open` for the object's bytes from `start` on (a resumed shard): the
+    /// requests carry `Range: bytes=<start>-` from the first, exactly as a
+    /// retry after `start` delivered bytes would, so a 206 is checked the
+    /// same way and a server that answers 200 has its first `start` bytes
+    /// skipped.
+    pub fn openAt(body: *Body, client: *Client, url: []const u8, buffer: []u8, start: u64) Error!void {
         assert(buffer.len >= 16);
         var seed: [8]u8 = undefined;
         client.io.random(&seed);
@@ -547,13 +556,13 @@ pub const Body = struct {
             .request = null,
             .reader = null,
             .transfer_buffer = undefined,
-            .position = 0,
+            .position = start,
             .skip = 0,
             .total = null,
             .etag_buffer = undefined,
             .etag_len = 0,
             .retries_left = client.options.retries_max,
-            .position_at_failure = 0,
+            .position_at_failure = start,
             .prng = .init(std.mem.readInt(u64, &seed, .little)),
             .state = .failed,
             .failure = error.InvalidUrl,

@@ -1,7 +1,8 @@
 //! http.zig against a loopback server in the same process: keep-alive,
 //! Range resumption, a server without Range, retries and Retry-After, 4xx,
-//! read and connect timeouts, redirects, changed content, the host cap, and
-//! a tar shard read through a cut and a stall.
+//! read and connect timeouts, redirects, changed content, the host cap, a
+//! tar shard read through a cut and a stall, and a WebDataset stream
+//! resumed inside a shard with Range.
 const std = @import("std");
 const Io = std.Io;
 const testing = std.testing;
@@ -362,6 +363,27 @@ test "a server without Range is read again and the delivered bytes skipped" {
     try testing.expectEqual(@as(u64, data.len + 70_000), f.body.stats.bytes_received);
 }
 
+test "openAt asks for the rest with Range from its first request; a 200 has the start skipped" {
+    const data = testData(100_000);
+    for ([_]bool{ false, true }) |ignore_range| {
+        const f = try Fixture.create(&data, .{ .ignore_range = ignore_range }, fast);
+        defer f.destroy();
+        var url_buffer: [128]u8 = undefined;
+        try f.body.openAt(&f.client, f.server.url(&url_buffer, "http"), &f.buffer, 30_000);
+        const got = got: {
+            defer f.body.close();
+            break :got try f.body.interface.allocRemaining(testing.allocator, .unlimited);
+        };
+        defer testing.allocator.free(got);
+        try testing.expectEqualSlices(u8, data[30_000..], got);
+        const records = try f.server.records(1);
+        try testing.expectEqual(@as(usize, 1), records.len);
+        try testing.expectEqual(@as(?u64, 30_000), records[0].range_start);
+        try testing.expectEqual(@as(u16, if (ignore_range) 200 else 206), records[0].status);
+        try testing.expectEqual(@as(u64, if (ignore_range) 30_000 else 0), f.body.stats.bytes_skipped);
+    }
+}
+
 test "500 then success: retried with backoff" {
     const data = testData(5_000);
     const f = try Fixture.create(&data, .{ .fail_times = 2 }, fast);
@@ -600,4 +622,66 @@ test "a connect that succeeds does not wait out the connect timeout" {
     defer testing.allocator.free(got);
     try testing.expectEqualSlices(u8, &data, got);
     try testing.expect(started.durationTo(Io.Clock.awake.now(testing.io)).toMilliseconds() < 10_000);
+}
+
+test "a resumed WebDataset lane asks for its shard from the checkpoint's offset, and keeps it out of the cache" {
+    const gpa = testing.allocator;
+    const wds_source = @import("wds_source.zig");
+    var archive: Io.Writer.Allocating = .init(gpa);
+    defer archive.deinit();
+    var writer: std.tar.Writer = .{ .underlying_writer = &archive.writer };
+    const member = testData(3000);
+    for (0..30) |i| {
+        var name: [16]u8 = undefined;
+        try writer.writeFileBytes(try std.fmt.bufPrint(&name, "k{d}.jpg", .{i}), member[0 .. 100 + i * 70], .{});
+    }
+    try writer.finishPedantically();
+    var tmp = testing.tmpDir(.{});
+    defer tmp.cleanup();
+    var path_buffer: [std.fs.max_path_bytes]u8 = undefined;
+    const cache_dir = path_buffer[0..try tmp.dir.realPath(testing.io, &path_buffer)];
+    for ([_]bool{ false, true }) |ignore_range| {
+        var server: TestServer = undefined;
+        try server.start(testing.io, archive.written(), .{ .ignore_range = ignore_range });
+        defer server.stop();
+        var url_buffer: [128]u8 = undefined;
+        const url = server.url(&url_buffer, "http");
+        var json_buffer: [1024]u8 = undefined;
+        const json = try std.fmt.bufPrint(&json_buffer,
+            \\{{"source_type": "webdataset", "source_config": {{"url": "{s}", "shuffle_buffer": 4, "seed": 1}}}}
+        , .{url});
+        const whole = try wds_source.TestPass.run(json, null);
+        defer whole.deinit();
+        try testing.expectEqual(@as(u64, 30), whole.total);
+        var cp = (try whole.src.checkpointAt(gpa, 14)).?;
+        defer cp.deinit(gpa);
+        try testing.expectEqual(@as(u64, 12), cp.seq);
+        const offset = cp.lanes[0].offset;
+        try testing.expect(offset > 0 and !cp.lanes[0].gzip);
+        const resumed = try wds_source.TestPass.run(json, cp);
+        defer resumed.deinit();
+        try testing.expectEqualStrings(whole.from(12), resumed.text.items);
+        const records = try server.records(2);
+        try testing.expectEqual(@as(?u64, null), records[0].range_start);
+        try testing.expectEqual(@as(?u64, offset), records[1].range_start);
+        try testing.expectEqual(@as(u16, if (ignore_range) 200 else 206), records[1].status);
+
+        // With a cache: the resumed read is not cached; a whole one is, and
+        // a resume then seeks in the cached copy without a request.
+        const cached_json = try std.fmt.bufPrint(&json_buffer,
+            \\{{"source_type": "webdataset", "source_config": {{"url": "{s}", "shuffle_buffer": 4, "seed": 1, "cache_dir": "{s}/c{d}"}}}}
+        , .{ url, cache_dir, @intFromBool(ignore_range) });
+        const not_cached = try wds_source.TestPass.run(cached_json, cp);
+        defer not_cached.deinit();
+        try testing.expectEqualStrings(whole.from(12), not_cached.text.items);
+        try testing.expectEqual(@as(u64, 0), not_cached.src.counts.cache.load().bytes_written);
+        const filled = try wds_source.TestPass.run(cached_json, null);
+        defer filled.deinit();
+        try testing.expect(filled.src.counts.cache.load().bytes_written > 0);
+        const from_cache = try wds_source.TestPass.run(cached_json, cp);
+        defer from_cache.deinit();
+        try testing.expectEqualStrings(whole.from(12), from_cache.text.items);
+        try testing.expectEqual(@as(u64, 1), from_cache.src.counts.cache.load().hits);
+        try testing.expectEqual(@as(usize, 4), (try server.records(4)).len);
+    }
 }

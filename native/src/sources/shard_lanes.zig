@@ -21,6 +21,7 @@ const Io = std.Io;
 const Allocator = std.mem.Allocator;
 
 const source = @import("source.zig");
+const LanePosition = @import("wds_checkpoint.zig").LanePosition;
 
 pub const items_max = 64;
 pub const bytes_max = 1024 * 1024;
@@ -34,6 +35,8 @@ pub const Lanes = struct {
     const Lane = struct {
         mutex: Io.Mutex = .init,
         ring: [items_max]source.Item = undefined,
+        /// Where the lane stands after each queued item (wds_checkpoint.zig).
+        after: [items_max]LanePosition = undefined,
         head: usize = 0,
         count: usize = 0,
         bytes: usize = 0,
@@ -67,9 +70,10 @@ pub const Lanes = struct {
         self.* = undefined;
     }
 
-    /// Lane side: queues `item`, waiting for room. error.Closed (with
-    /// `item` released) once the lanes are closed.
-    pub fn put(self: *Lanes, index: usize, item: source.Item) error{Closed}!void {
+    /// Lane side: queues `item`, after which the lane stands at `after`,
+    /// waiting for room. error.Closed (with `item` released) once the lanes
+    /// are closed.
+    pub fn put(self: *Lanes, index: usize, item: source.Item, after: LanePosition) error{Closed}!void {
         var owned = item;
         const lane = &self.lanes[index];
         lane.mutex.lockUncancelable(self.io);
@@ -85,6 +89,7 @@ pub const Lanes = struct {
             return error.Closed;
         }
         lane.ring[(lane.head + lane.count) % items_max] = owned;
+        lane.after[(lane.head + lane.count) % items_max] = after;
         lane.count += 1;
         lane.bytes += itemBytes(&owned);
         if (lane.consumer_waiting) lane.arrived.signal(self.io);
@@ -99,9 +104,12 @@ pub const Lanes = struct {
         lane.arrived.signal(self.io);
     }
 
+    /// An item and where its lane stands after it.
+    pub const Taken = struct { item: source.Item, after: LanePosition };
+
     /// Merger side: the next item of lane `index`, waiting for it; null
     /// when the lane ended with nothing left, or the lanes were closed.
-    pub fn take(self: *Lanes, index: usize) ?source.Item {
+    pub fn take(self: *Lanes, index: usize) ?Taken {
         const lane = &self.lanes[index];
         lane.mutex.lockUncancelable(self.io);
         defer lane.mutex.unlock(self.io);
@@ -112,11 +120,12 @@ pub const Lanes = struct {
         lane.consumer_waiting = false;
         if (lane.closed or lane.count == 0) return null;
         const item = lane.ring[lane.head];
+        const after = lane.after[lane.head];
         lane.head = (lane.head + 1) % items_max;
         lane.count -= 1;
         lane.bytes -= itemBytes(&item);
         if (lane.producer_waiting and lane.halfEmpty()) lane.room.signal(self.io);
-        return item;
+        return .{ .item = item, .after = after };
     }
 
     /// Wakes every lane and the merger; queued items are released.
@@ -151,21 +160,33 @@ pub const Lanes = struct {
     }
 };
 
-/// The order the merger delivers in: one item per live lane in turn.
-/// `take(lane)` returns null once that lane is over; `deliver` returns
-/// false to stop early. Returns whether every lane was drained.
-pub fn merge(lane_count: usize, context: anytype, comptime take: fn (@TypeOf(context), usize) ?source.Item, comptime deliver: fn (@TypeOf(context), source.Item) bool) bool {
+/// The order the merger delivers in: one item per live lane in turn,
+/// starting with lane `first` among the `live` ones (all lanes, lane 0
+/// first, for a stream from its start; a checkpoint's for a resumed one).
+/// `take(lane)` returns null once that lane is over (`ended(lane)` is then
+/// called); `deliver(lane, taken)` returns false to stop early. Returns
+/// whether every lane was drained.
+pub fn merge(
+    live_lanes: []const usize,
+    first: usize,
+    context: anytype,
+    comptime Taken: type,
+    comptime take: fn (@TypeOf(context), usize) ?Taken,
+    comptime deliver: fn (@TypeOf(context), usize, Taken) bool,
+    comptime ended: fn (@TypeOf(context), usize) void,
+) bool {
     var live_buffer: [256]usize = undefined;
-    std.debug.assert(lane_count <= live_buffer.len);
-    var live = live_buffer[0..lane_count];
-    for (live, 0..) |*l, i| l.* = i;
-    var turn: usize = 0;
+    std.debug.assert(live_lanes.len <= live_buffer.len);
+    var live = live_buffer[0..live_lanes.len];
+    @memcpy(live, live_lanes);
+    var turn: usize = std.mem.findScalar(usize, live, first) orelse 0;
     while (live.len > 0) {
         const lane = live[turn];
-        if (take(context, lane)) |item| {
-            if (!deliver(context, item)) return false;
+        if (take(context, lane)) |taken| {
+            if (!deliver(context, lane, taken)) return false;
             turn = (turn + 1) % live.len;
         } else {
+            ended(context, lane);
             // Drop the lane, keeping the others' turn order.
             std.mem.copyForwards(usize, live[turn .. live.len - 1], live[turn + 1 ..]);
             live = live[0 .. live.len - 1];
@@ -199,21 +220,33 @@ test "merge takes one item per live lane in turn and drops ended lanes" {
             return .{ .bytes = "", .kind = .webdataset, .id = .{ .plain = "" }, .source_name = "", .origin = names[lane][f.next[lane] - 1] };
         }
 
-        fn deliver(f: *@This(), item: source.Item) bool {
+        fn deliver(f: *@This(), lane: usize, item: source.Item) bool {
+            _ = lane;
             f.out.appendSlice(testing.allocator, item.origin) catch return false;
             f.out.append(testing.allocator, ' ') catch return false;
             return f.out.items.len / 3 < f.stop_after;
         }
+
+        fn ended(f: *@This(), lane: usize) void {
+            f.out.print(testing.allocator, "-{d} ", .{lane}) catch {};
+        }
     };
+    const all = [_]usize{ 0, 1, 2 };
     var fake: Fake = .{ .counts = .{ 3, 1, 2 } };
     defer fake.out.deinit(testing.allocator);
-    try testing.expect(merge(3, &fake, Fake.take, Fake.deliver));
-    try testing.expectEqualStrings("a0 b0 c0 a1 c1 a2 ", fake.out.items);
+    try testing.expect(merge(&all, 0, &fake, source.Item, Fake.take, Fake.deliver, Fake.ended));
+    try testing.expectEqualStrings("a0 b0 c0 a1 -1 c1 a2 -2 -0 ", fake.out.items);
 
     var stopped: Fake = .{ .counts = .{ 3, 3, 3 }, .stop_after = 4 };
     defer stopped.out.deinit(testing.allocator);
-    try testing.expect(!merge(3, &stopped, Fake.take, Fake.deliver));
+    try testing.expect(!merge(&all, 0, &stopped, source.Item, Fake.take, Fake.deliver, Fake.ended));
     try testing.expectEqualStrings("a0 b0 c0 a1 ", stopped.out.items);
+
+    // Resumed: lane 1 over, lane 2's turn.
+    var resumed: Fake = .{ .counts = .{ 2, 3, 2 } };
+    defer resumed.out.deinit(testing.allocator);
+    try testing.expect(merge(&.{ 0, 2 }, 2, &resumed, source.Item, Fake.take, Fake.deliver, Fake.ended));
+    try testing.expectEqualStrings("c0 a0 c1 a1 -2 -0 ", resumed.out.items);
 }
 
 test "lanes deliver every item once, in lane order, through threads" {
@@ -229,7 +262,7 @@ test "lanes deliver every item once, in lane order, through threads" {
                 var text: [16]u8 = undefined;
                 const id = std.fmt.bufPrint(&text, "{d}:{d}", .{ index, i }) catch unreachable;
                 const item = prefetch.ownedItem(testing.allocator, id, id, .webdataset, "t") catch return;
-                l.put(index, item) catch return;
+                l.put(index, item, .{ .shard = @intCast(i) }) catch return;
             }
         }
     };
@@ -240,23 +273,27 @@ test "lanes deliver every item once, in lane order, through threads" {
         next: [lane_count]usize = @splat(0),
         delivered: usize = 0,
         bad: bool = false,
-        fn take(c: *@This(), lane: usize) ?source.Item {
+        fn take(c: *@This(), lane: usize) ?Lanes.Taken {
             return c.l.take(lane);
         }
-        fn deliver(c: *@This(), item: source.Item) bool {
-            var it = item;
+        fn ended(c: *@This(), lane: usize) void {
+            _ = c;
+            _ = lane;
+        }
+        fn deliver(c: *@This(), from: usize, taken: Lanes.Taken) bool {
+            var it = taken.item;
             defer it.release(testing.allocator);
             var parts = std.mem.splitScalar(u8, it.bytes, ':');
             const lane = std.fmt.parseInt(usize, parts.next().?, 10) catch unreachable;
             const index = std.fmt.parseInt(usize, parts.next().?, 10) catch unreachable;
-            if (index != c.next[lane]) c.bad = true;
+            if (index != c.next[lane] or from != lane or taken.after.shard != index) c.bad = true;
             c.next[lane] += 1;
             c.delivered += 1;
             return true;
         }
     };
     var consumer: Consumer = .{ .l = &lanes };
-    try testing.expect(merge(lane_count, &consumer, Consumer.take, Consumer.deliver));
+    try testing.expect(merge(&.{ 0, 1, 2, 3 }, 0, &consumer, Lanes.Taken, Consumer.take, Consumer.deliver, Consumer.ended));
     for (threads) |t| t.join();
     try testing.expect(!consumer.bad);
     try testing.expectEqual(@as(usize, 4 * per_lane - 6), consumer.delivered);
@@ -266,11 +303,11 @@ test "close wakes a full lane's producer and releases its queue" {
     const gpa = testing.allocator;
     var lanes = try Lanes.init(gpa, testing.io, 1);
     defer lanes.deinit();
-    for (0..items_max) |_| try lanes.put(0, try prefetch.ownedItem(gpa, "x", "x", .webdataset, "t"));
+    for (0..items_max) |_| try lanes.put(0, try prefetch.ownedItem(gpa, "x", "x", .webdataset, "t"), .{ .shard = 0 });
     const Producer = struct {
         fn run(l: *Lanes, result: *?anyerror) void {
             const item = prefetch.ownedItem(testing.allocator, "y", "y", .webdataset, "t") catch unreachable;
-            l.put(0, item) catch |err| {
+            l.put(0, item, .{ .shard = 0 }) catch |err| {
                 result.* = err;
             };
         }

@@ -71,6 +71,18 @@ pub const Error = error{
     ReadFailed,
 };
 
+/// Where a reader starts: at the archive's beginning, or at a member
+/// header boundary `offset` bytes into the tar stream (a resumed shard; the
+/// offset is one that `Member.offset` reported, in decompressed bytes for
+/// gzip).
+pub const Start = struct {
+    offset: u64 = 0,
+    /// The shard is gzip. A deflate stream cannot be entered in the middle,
+    /// so a gzip shard is read from its first byte and the first `offset`
+    /// decompressed bytes are discarded; a plain one is read from `offset`.
+    gzip: bool = false,
+};
+
 /// What exactly went wrong, for the one message built at the edge.
 pub const Reason = enum {
     none,
@@ -87,6 +99,7 @@ pub const Reason = enum {
     gzip,
     trailer_too_large,
     source,
+    resume_not_gzip,
 
     pub fn text(reason: Reason) []const u8 {
         return switch (reason) {
@@ -104,6 +117,7 @@ pub const Reason = enum {
             .gzip => "invalid gzip data",
             .trailer_too_large => "too much data after the end of the archive",
             .source => "the source failed",
+            .resume_not_gzip => "the checkpoint was taken in a gzip shard, and this one is not gzip",
         };
     }
 };
@@ -168,6 +182,15 @@ pub const Reader = struct {
     /// outlive the reader. Peeks at the first two bytes. The reader must not
     /// move afterwards (the decompressor is referenced by address).
     pub fn init(r: *Reader, source: *Io.Reader, window: *[window_bytes]u8) Error!void {
+        return r.initAt(source, window, .{});
+    }
+
+    /// `init` for a reader that starts at `start`: `source` is positioned at
+    /// `start.offset` for a plain tar (nothing is peeked: a header is
+    /// expected there, and its checksum tells if it is not one), and at the
+    /// shard's first byte for gzip. Offsets (in `Member.offset` and
+    /// `diagnostics`) count from the archive's beginning either way.
+    pub fn initAt(r: *Reader, source: *Io.Reader, window: *[window_bytes]u8, start: Start) Error!void {
         assert(source.buffer.len >= 16 or source.end == source.buffer.len);
         r.* = .{
             .source = source,
@@ -187,9 +210,13 @@ pub const Reader = struct {
             .pax = undefined,
             .crc_buffer = undefined,
         };
+        if (start.offset > 0 and !start.gzip) {
+            r.offset = start.offset;
+            return;
+        }
         const magic = source.peek(gzip_magic.len) catch |err| switch (err) {
             // Shorter than any archive: the first header read reports it.
-            error.EndOfStream => return,
+            error.EndOfStream => if (start.offset > 0) return r.fail(error.Truncated, .end_of_stream) else return,
             error.ReadFailed => return r.fail(error.ReadFailed, .source),
         };
         if (std.mem.eql(u8, magic, &gzip_magic)) {
@@ -197,7 +224,10 @@ pub const Reader = struct {
             r.decompress = .init(source, .gzip, window);
             r.crc = r.decompress.reader.hashed(Crc32{}, &r.crc_buffer);
             r.input = &r.crc.reader;
+        } else if (start.gzip) {
+            return r.fail(error.Corrupt, .resume_not_gzip);
         }
+        try r.skip(start.offset);
     }
 
     /// The next member, or null after the end-of-archive block (and the
@@ -579,7 +609,8 @@ fn writePaxHeader(out: *Io.Writer, records: []const u8) !void {
     try out.splatByteAll(0, paddedSize(records.len) - records.len);
 }
 
-fn gzip(gpa: std.mem.Allocator, data: []const u8) ![]u8 {
+/// Test helper (also used by wds_source.zig's tests): `data` gzipped.
+pub fn gzipForTest(gpa: std.mem.Allocator, data: []const u8) ![]u8 {
     var out: Io.Writer.Allocating = try .initCapacity(gpa, 64);
     defer out.deinit();
     const window = try gpa.alloc(u8, flate.max_window_len);
@@ -711,7 +742,7 @@ test "directories, links and unknown types are reported without data" {
 test "gzip is detected by magic and streamed" {
     const archive = try buildTar(testing.allocator, &sample_files);
     defer testing.allocator.free(archive);
-    const compressed = try gzip(testing.allocator, archive);
+    const compressed = try gzipForTest(testing.allocator, archive);
     defer testing.allocator.free(compressed);
     try testing.expect(compressed.len < archive.len);
     try expectListing(compressed, sample_listing);
@@ -751,6 +782,39 @@ fn drain(reader: *Reader, source: *Io.Reader, window: *[window_bytes]u8) Error!u
     return count;
 }
 
+test "a reader started at a member's offset reads the rest, plain and gzip" {
+    const gpa = testing.allocator;
+    const archive = try buildTar(gpa, &sample_files);
+    defer gpa.free(archive);
+    const compressed = try gzipForTest(gpa, archive);
+    defer gpa.free(compressed);
+    const window = try gpa.create([window_bytes]u8);
+    defer gpa.destroy(window);
+    const reader = try gpa.create(Reader);
+    defer gpa.destroy(reader);
+    var offsets: [sample_files.len]u64 = undefined;
+    var source: Io.Reader = .fixed(archive);
+    try reader.init(&source, window);
+    for (&offsets) |*offset| offset.* = (try reader.next()).?.offset;
+    for (offsets, 0..) |offset, i| {
+        for ([_]bool{ false, true }) |gzipped| {
+            // A plain shard is entered at the offset, gzip from its start.
+            var input: Io.Reader = if (gzipped) .fixed(compressed) else .fixed(archive[@intCast(offset)..]);
+            try reader.initAt(&input, window, .{ .offset = offset, .gzip = gzipped });
+            for (sample_files[i..], offsets[i..]) |file, expected_offset| {
+                const member = (try reader.next()).?;
+                try testing.expectEqualStrings(file.name, member.name);
+                try testing.expectEqual(expected_offset, member.offset);
+            }
+            try testing.expectEqual(@as(?Member, null), try reader.next());
+        }
+    }
+    // A checkpoint taken in a gzip shard does not fit a plain one.
+    var plain: Io.Reader = .fixed(archive);
+    try testing.expectError(error.Corrupt, reader.initAt(&plain, window, .{ .offset = offsets[1], .gzip = true }));
+    try testing.expectEqual(Reason.resume_not_gzip, reader.diagnostics.reason);
+}
+
 test "truncation at every offset is error.Truncated, never a short archive" {
     const archive = try buildTar(testing.allocator, &sample_files);
     defer testing.allocator.free(archive);
@@ -769,7 +833,7 @@ test "truncation at every offset is error.Truncated, never a short archive" {
 test "truncated gzip at every offset is an error, never a short archive" {
     const archive = try buildTar(testing.allocator, &sample_files);
     defer testing.allocator.free(archive);
-    const compressed = try gzip(testing.allocator, archive);
+    const compressed = try gzipForTest(testing.allocator, archive);
     defer testing.allocator.free(compressed);
     const window = try testing.allocator.create([window_bytes]u8);
     defer testing.allocator.destroy(window);
@@ -791,7 +855,7 @@ test "truncated gzip at every offset is an error, never a short archive" {
 test "a damaged gzip CRC is caught at the end" {
     const archive = try buildTar(testing.allocator, &sample_files);
     defer testing.allocator.free(archive);
-    const compressed = try gzip(testing.allocator, archive);
+    const compressed = try gzipForTest(testing.allocator, archive);
     defer testing.allocator.free(compressed);
     compressed[compressed.len - 8] ^= 0x01;
     const diagnostics = try expectFailure(compressed, error.Corrupt, .gzip);
@@ -939,7 +1003,7 @@ test "a failing source is ReadFailed, not Corrupt" {
         }
     };
     for ([_]bool{ false, true }) |compressed| {
-        const bytes = if (compressed) try gzip(testing.allocator, archive) else try testing.allocator.dupe(u8, archive);
+        const bytes = if (compressed) try gzipForTest(testing.allocator, archive) else try testing.allocator.dupe(u8, archive);
         defer testing.allocator.free(bytes);
         var buffer: [64]u8 = undefined;
         var failing: Failing = .{
@@ -959,7 +1023,7 @@ test "a failing source is ReadFailed, not Corrupt" {
 test "seeded mutations of an archive never panic and end in a result or an error" {
     const archive = try buildTar(testing.allocator, &sample_files);
     defer testing.allocator.free(archive);
-    const compressed = try gzip(testing.allocator, archive);
+    const compressed = try gzipForTest(testing.allocator, archive);
     defer testing.allocator.free(compressed);
     const window = try testing.allocator.create([window_bytes]u8);
     defer testing.allocator.destroy(window);

@@ -174,6 +174,16 @@ pub const Grouper = struct {
         return null;
     }
 
+    /// Where a reader started afresh (`tar.Reader.initAt`) returns the
+    /// groups after the one `next` last returned: the offset of the header
+    /// that closed it (the next group's first member; members skipped in
+    /// between are skipped again), or null when the archive ended after it.
+    /// What follows is grouped and filtered exactly as in the whole read.
+    pub fn resumeOffset(g: *const Grouper) ?u64 {
+        const pending = g.pending orelse return null;
+        return pending.offset;
+    }
+
     /// Reads the members of one group; false when the archive has none left.
     fn collect(g: *Grouper, gpa: Allocator) Error!bool {
         g.bytes.clearRetainingCapacity();
@@ -551,6 +561,48 @@ test "group offsets point at the first member header" {
     try testing.expectEqual(@as(u64, 4 * tar.block_bytes), second.offset);
     try testing.expectEqualStrings("b", second.name());
     try testing.expectEqual(@as(?Group, null), try h.grouper.next(testing.allocator));
+}
+
+test "re-reading from resumeOffset gives the remaining groups, filters included" {
+    var files: [30]TestFile = undefined;
+    var names: [30][16]u8 = undefined;
+    for (&files, &names, 0..) |*file, *name_buffer, i| {
+        // Groups of one to three members, with keyless members between.
+        const text = switch (i % 5) {
+            0, 1 => try std.fmt.bufPrint(name_buffer, "k{d}.jpg", .{i / 2}),
+            2 => try std.fmt.bufPrint(name_buffer, "k{d}.txt", .{i / 2 - 1}),
+            3 => try std.fmt.bufPrint(name_buffer, "README{d}", .{i}),
+            else => try std.fmt.bufPrint(name_buffer, "n{d}.cls", .{i}),
+        };
+        file.* = .{ .name = text, .data = "v" };
+    }
+    const archive = try buildTar(testing.allocator, &files);
+    defer testing.allocator.free(archive);
+    for ([_]shard_split.Filter{ .{}, .{ .modulus = 2, .residue = 1 }, .{ .modulus = 3, .residue = 0, .key_kind = .member } }) |filter| {
+        const whole = try Harness.create(archive, .{ .filter = filter });
+        defer whole.destroy();
+        const expected = try whole.describeAll();
+        defer testing.allocator.free(expected);
+        // After each group: the description of the rest from its offset.
+        const walk = try Harness.create(archive, .{ .filter = filter });
+        defer walk.destroy();
+        var done: usize = 0;
+        while (try walk.grouper.next(testing.allocator)) |group| {
+            done = std.mem.findScalarPos(u8, expected, done, ';').? + 1;
+            _ = group;
+            const offset = walk.grouper.resumeOffset() orelse {
+                try testing.expectEqual(expected.len, done);
+                break;
+            };
+            const rest = try Harness.create(archive[@intCast(offset)..], .{ .filter = filter });
+            defer rest.destroy();
+            try rest.reader.initAt(&rest.source, rest.window, .{ .offset = offset });
+            rest.grouper = .init(rest.reader, .{ .filter = filter });
+            const tail = try rest.describeAll();
+            defer testing.allocator.free(tail);
+            try testing.expectEqualStrings(expected[done..], tail);
+        }
+    }
 }
 
 test "groupKey follows WebDataset's pattern" {

@@ -32,8 +32,19 @@
 //! into the cache while it streams.
 //!
 //! Items reach the stage through a `shuffle_buffer.Sink` on the reader
-//! thread, which mixes them across shards when `shuffle_buffer` (or
-//! `random_sampling`) asks for it.
+//! thread, which mixes them across shards in blocks when `shuffle_buffer`
+//! (or `random_sampling`) asks for it.
+//!
+//! Resume (issue 19): every item carries where its lane stands after it
+//! (the shard's position in the plan and the tar offset of the next group,
+//! `Grouper.resumeOffset`); at each block start the stream keeps a
+//! checkpoint of the lanes (wds_checkpoint.zig), which `checkpointAt` hands
+//! out. A source given one (`resumeFrom`) puts the same items in the same
+//! order from the checkpoint's `seq` on: each lane reopens its shard at the
+//! offset (a `Range` request over http(s), a seek in a file or a cached
+//! copy; a gzip shard is decompressed from its start and the offset's bytes
+//! discarded, since deflate cannot be entered in the middle), and a
+//! resumed shard is not written to the shard cache (it is not whole).
 const std = @import("std");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
@@ -51,7 +62,11 @@ const shard_split = @import("shard_split.zig");
 const shuffle_buffer = @import("shuffle_buffer.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
+const wds_checkpoint = @import("wds_checkpoint.zig");
 const wds_group = @import("wds_group.zig");
+
+pub const Checkpoint = wds_checkpoint.Checkpoint;
+const LanePosition = wds_checkpoint.LanePosition;
 
 /// WARN lines per pass for groups without an image; further ones are counted.
 pub const logged_groups_max = 20;
@@ -62,6 +77,11 @@ pub const attributes_bytes_max = 16 * 1024 * 1024;
 const described_max = 1024;
 const described_bytes_max = 192;
 const file_buffer_bytes = 64 * 1024;
+const watchdog_stack_bytes = 1024 * 1024;
+/// Items the pipeline keeps pending past the consumer's position (its
+/// resume window); checkpoints reach back this far beyond the stage's and
+/// the pipeline's buffers.
+pub const resume_window_items = 8192;
 const http_buffer_bytes = 64 * 1024;
 
 /// Counters of the stream, read by `stats()` while it runs.
@@ -96,6 +116,10 @@ pub const WdsSource = struct {
     /// Guards `described` (held for a copy of at most described_bytes_max
     /// bytes; `describeItem` has no `Io` to wait with).
     described_lock: std.atomic.Value(bool) = .init(false),
+    /// The stream's recent checkpoints (`checkpointAt`).
+    retained: wds_checkpoint.Retained,
+    /// Where this pass resumes (`resumeFrom`); owned.
+    resume_from: ?Checkpoint = null,
 
     const Described = struct {
         seq: u64 = std.math.maxInt(u64),
@@ -129,7 +153,17 @@ pub const WdsSource = struct {
             at += h.name.len + h.value.len;
         }
         const described = try gpa.alloc(Described, described_max);
+        errdefer gpa.free(described);
         @memset(described, .{});
+        const shuffle = shuffle_buffer.paramsFor(config, epoch);
+        // Retention: the consumer's position lags the last put by at most
+        // the stage, the samples buffer and the workers' claims (256
+        // allowed for them), plus the pipeline's resume window; every
+        // sequence number that recent has a checkpoint at or before it.
+        const retention: u64 = @as(u64, config.prefetch_buffer_size) + config.samples_buffer_size + 256 + resume_window_items;
+        const lanes_max = @max(1, @min(@as(u32, wds.concurrent_downloads), wds_checkpoint.lanes_max));
+        var retained: wds_checkpoint.Retained = try .init(gpa, lanes_max, retention, shuffle.blockItems());
+        errdefer retained.deinit(gpa);
         var entropy: u64 = 0;
         if (config.file.random_sampling and config.file.seed == null) entropy = runtime.entropy64();
         return .{
@@ -165,12 +199,15 @@ pub const WdsSource = struct {
                 },
             },
             .concurrent_downloads = wds.concurrent_downloads,
-            .shuffle = shuffle_buffer.paramsFor(config, epoch),
+            .shuffle = shuffle,
             .described = described,
+            .retained = retained,
         };
     }
 
     pub fn deinit(self: *WdsSource, gpa: Allocator) void {
+        if (self.resume_from) |*cp| cp.deinit(gpa);
+        self.retained.deinit(gpa);
         if (self.plan) |*p| p.deinit(gpa);
         if (self.urls) |*u| u.deinit(gpa);
         gpa.free(self.described);
@@ -205,6 +242,11 @@ pub const WdsSource = struct {
             error.OutOfMemory => failure.set("out of memory while planning {d} shards", .{urls.count()}),
             error.TooMany => failure.set("source_config.url: {d} shards, at most {d}", .{ urls.count(), shard_split.shards_max }),
         };
+        if (self.resume_from) |*cp| self.checkResume(cp, plan.shards.len, failure) catch |err| {
+            var p = plan;
+            p.deinit(gpa);
+            return err;
+        };
         self.urls = urls;
         self.plan = plan;
         self.counts.shards_planned.store(plan.shards.len, .monotonic);
@@ -213,6 +255,41 @@ pub const WdsSource = struct {
             self.pattern, urls.count(), plan.shards.len, if (plan.filter.keepsAll()) "" else " and keeps the samples hashed to it",
         });
         return .{ .items = null, .listed = urls.count(), .listing_ns = listed_ns };
+    }
+
+    /// The pass streams from `cp` (taken by `checkpointAt` in a pass over
+    /// the same configuration, or parsed): the first item put is the one
+    /// the uninterrupted stream put at `cp.seq`, under that sequence number
+    /// (`Prefetch.setFirstSeq`). Takes ownership of `cp`. Call after `init`
+    /// and before `prepare`, which checks `cp` against the plan.
+    pub fn resumeFrom(self: *WdsSource, cp: Checkpoint) void {
+        std.debug.assert(self.resume_from == null and self.plan == null);
+        self.resume_from = cp;
+    }
+
+    /// The latest retained checkpoint at or before `seq` (caller owns it:
+    /// `Checkpoint.deinit`); null when `seq` is older than the retention
+    /// (see `init`) or the stream has not started. Any thread; does not
+    /// wait on the reader beyond a copy. At the end of a completed stream,
+    /// `seq == total` has a checkpoint whose resume puts nothing.
+    pub fn checkpointAt(self: *WdsSource, gpa: Allocator, seq: u64) Allocator.Error!?Checkpoint {
+        return self.retained.at(gpa, seq);
+    }
+
+    fn checkResume(self: *const WdsSource, cp: *const Checkpoint, shards: usize, failure: *source.Failure) error{Failed}!void {
+        const lane_count = shard_lanes.laneCount(shards, self.concurrent_downloads);
+        if (cp.shards != shards) return failure.set("resume state: the checkpoint's 'shards' is {d}, but this worker plans {d} shards (another dataset, rank or worker split?)", .{ cp.shards, shards });
+        if (cp.lanes.len != lane_count) return failure.set("resume state: the checkpoint has {d} 'lanes', but concurrent_downloads gives {d}", .{ cp.lanes.len, lane_count });
+        const block_items = self.shuffle.blockItems();
+        if (cp.block_items != block_items) return failure.set("resume state: the checkpoint's 'block_items' is {d}, but shuffle_buffer gives {d}", .{ cp.block_items, block_items });
+        var all_done = true;
+        for (cp.lanes, 0..) |lane, i| {
+            if (lane.done) continue;
+            all_done = false;
+            if (lane.shard % lane_count != i) return failure.set("resume state: 'lanes[{d}].shard' {d} is not one of lane {d}'s shards", .{ i, lane.shard, i });
+            if (lane.shard >= shards and lane.offset != 0) return failure.set("resume state: 'lanes[{d}].offset' {d} is inside no planned shard", .{ i, lane.offset });
+        }
+        if (!all_done and (cp.next_lane >= cp.lanes.len or cp.lanes[cp.next_lane].done)) return failure.set("resume state: 'next_lane' {d} is not a live lane", .{cp.next_lane});
     }
 
     /// Runs on the reader thread: every planned shard, `lanes` of them at
@@ -230,17 +307,34 @@ pub const WdsSource = struct {
         // A stopped pass must not wait for a socket read to time out.
         stage.setInterrupt(.{ .context = &shared, .call = Shared.interrupt });
         defer stage.setInterrupt(null);
+        const lane_count = shard_lanes.laneCount(plan.shards.len, self.concurrent_downloads);
+        var params = self.shuffle;
+        var positions_buffer: [wds_checkpoint.lanes_max]LanePosition = undefined;
+        const positions = positions_buffer[0..lane_count];
+        var first_block: u64 = 0;
+        var first_lane: usize = 0;
+        if (self.resume_from) |*cp| {
+            params.rng_seed = cp.shuffle_seed;
+            @memcpy(positions, cp.lanes);
+            first_block = cp.block;
+            first_lane = cp.next_lane;
+            stage.setFirstSeq(cp.seq);
+        } else {
+            for (positions, 0..) |*p, l| p.* = .{ .shard = @intCast(l) };
+        }
+        self.retained.begin(@intCast(lane_count), params.blockItems(), params.rng_seed, @intCast(plan.shards.len));
         var output: Output = .{
             .stage = stage,
-            .shuffle = shuffle_buffer.Sink(WdsSource).init(gpa, self, self.shuffle) catch
+            .shuffle = shuffle_buffer.Sink(WdsSource).init(gpa, self, params, first_block) catch
                 return stage.fail("out of memory for the shuffle buffer", .{}),
+            .lanes = positions,
+            .retained = &self.retained,
         };
         defer output.shuffle.deinit();
-        const lane_count = shard_lanes.laneCount(plan.shards.len, self.concurrent_downloads);
         const completed = if (lane_count == 1)
-            readLane(&shared, .{ .output = &output }, 0, 1)
+            readLane(&shared, .{ .output = &output }, 0, 1, positions[0])
         else
-            streamLanes(gpa, &shared, &output, lane_count) catch |err| return switch (err) {
+            streamLanes(gpa, &shared, &output, lane_count, first_lane) catch |err| return switch (err) {
                 error.OutOfMemory => stage.fail("out of memory for {d} shard readers", .{lane_count}),
                 error.ThreadSpawnFailed => stage.fail("cannot start {d} shard reader threads", .{lane_count}),
             };
@@ -253,12 +347,13 @@ pub const WdsSource = struct {
         }
         if (failed > 0) log.warn(.files, "WebDataset: {d} of {d} shards failed and were skipped", .{ failed, plan.shards.len });
         output.shuffle.drain(stage) catch return;
+        output.finish();
         stage.finish();
     }
 
     /// Several lanes on threads of their own, merged here. False when the
     /// pass was stopped.
-    fn streamLanes(gpa: Allocator, shared: *Shared, output: *Output, lane_count: usize) error{ OutOfMemory, ThreadSpawnFailed }!bool {
+    fn streamLanes(gpa: Allocator, shared: *Shared, output: *Output, lane_count: usize, first_lane: usize) error{ OutOfMemory, ThreadSpawnFailed }!bool {
         var lanes: shard_lanes.Lanes = try .init(gpa, shared.io, lane_count);
         defer lanes.deinit();
         const threads = try gpa.alloc(std.Thread, lane_count);
@@ -267,53 +362,68 @@ pub const WdsSource = struct {
         defer for (threads[0..started]) |t| t.join();
         errdefer lanes.close();
         while (started < lane_count) : (started += 1) {
-            threads[started] = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, laneMain, .{ shared, &lanes, started, lane_count }) catch
+            threads[started] = std.Thread.spawn(.{ .stack_size = runtime.thread_stack_bytes }, laneMain, .{ shared, &lanes, started, lane_count, output.lanes[started] }) catch
                 return error.ThreadSpawnFailed;
             threads[started].setName(shared.io, "datago-shards") catch {};
         }
         const Merge = struct {
             lanes: *shard_lanes.Lanes,
             output: *Output,
-            fn take(m: *@This(), lane: usize) ?source.Item {
+            fn take(m: *@This(), lane: usize) ?shard_lanes.Lanes.Taken {
                 return m.lanes.take(lane);
             }
-            fn deliver(m: *@This(), item: source.Item) bool {
-                m.output.put(item) catch return false;
+            fn deliver(m: *@This(), lane: usize, taken: shard_lanes.Lanes.Taken) bool {
+                m.output.put(lane, taken.item, taken.after) catch return false;
                 return true;
+            }
+            fn ended(m: *@This(), lane: usize) void {
+                m.output.lanes[lane].done = true;
             }
         };
         var merging: Merge = .{ .lanes = &lanes, .output = output };
-        const drained = shard_lanes.merge(lane_count, &merging, Merge.take, Merge.deliver);
+        var live_buffer: [wds_checkpoint.lanes_max]usize = undefined;
+        var live_count: usize = 0;
+        for (output.lanes, 0..) |lane, l| if (!lane.done) {
+            live_buffer[live_count] = l;
+            live_count += 1;
+        };
+        const drained = shard_lanes.merge(live_buffer[0..live_count], first_lane, &merging, shard_lanes.Lanes.Taken, Merge.take, Merge.deliver, Merge.ended);
         // Stopped, or a lane gave up: wake every lane before the joins.
         if (!drained or lanes.isClosed()) lanes.close();
         return drained and !lanes.isClosed();
     }
 
-    fn laneMain(shared: *Shared, lanes: *shard_lanes.Lanes, index: usize, lane_count: usize) void {
+    fn laneMain(shared: *Shared, lanes: *shard_lanes.Lanes, index: usize, lane_count: usize, start: LanePosition) void {
         defer lanes.end(index);
-        if (!readLane(shared, .{ .lane = .{ .lanes = lanes, .index = index } }, index, lane_count)) lanes.close();
+        if (!readLane(shared, .{ .lane = .{ .lanes = lanes, .index = index } }, index, lane_count, start)) lanes.close();
     }
 
-    /// Reads the planned shards `first, first + stride, ...` into `sink`.
-    /// False when the pass was stopped (or the reader could not be made,
-    /// which fails the stream).
-    fn readLane(shared: *Shared, sink: Sink, first: usize, stride: usize) bool {
+    /// Reads the planned shards `start.shard, start.shard + stride, ...`
+    /// into `sink`, the first from `start.offset`. False when the pass was
+    /// stopped (or the reader could not be made, which fails the stream).
+    fn readLane(shared: *Shared, sink: Sink, lane: usize, stride: usize, start: LanePosition) bool {
         const self = shared.owner;
         const plan = self.plan.?;
         const urls = &self.urls.?;
+        std.debug.assert(start.done or start.shard % stride == lane);
+        if (start.done) return true;
         var reading = Reading.create(shared) catch {
             sink.fail("out of memory for a shard reader");
             return false;
         };
         defer reading.destroy();
-        var at = first;
-        while (at < plan.shards.len) : (at += stride) {
+        var at: usize = start.shard;
+        var within: tar.Start = .{ .offset = start.offset, .gzip = start.gzip };
+        while (at < plan.shards.len) : ({
+            at += stride;
+            within = .{};
+        }) {
             // A stopped pass closes the sink; a lane whose shards all fail
             // never puts, so it must look before each shard.
             if (sink.isClosed()) return false;
             const url = urls.get(plan.shards[at]);
             var why: source.Failure = .{};
-            switch (reading.readShard(url, sink, plan.filter, &why)) {
+            switch (reading.readShard(url, sink, plan.filter, &why, .{ .at = at, .stride = stride, .start = within })) {
                 .done => _ = self.counts.shards_read.fetchAdd(1, .monotonic),
                 .closed => return false,
                 .failed => {
@@ -374,10 +484,11 @@ const Sink = union(enum) {
     output: *Output,
     lane: struct { lanes: *shard_lanes.Lanes, index: usize },
 
-    fn put(sink: Sink, item: source.Item) error{Closed}!void {
+    /// `after`: where the lane stands once `item` is taken.
+    fn put(sink: Sink, item: source.Item, after: LanePosition) error{Closed}!void {
         return switch (sink) {
-            .output => |o| o.put(item),
-            .lane => |l| l.lanes.put(l.index, item),
+            .output => |o| o.put(0, item, after),
+            .lane => |l| l.lanes.put(l.index, item, after),
         };
     }
 
@@ -399,13 +510,26 @@ const Sink = union(enum) {
 
 /// The stage's side of the stream, on the reader thread: every item enters
 /// the reader stage here, through the shuffle buffer, which remembers its
-/// shard and key under the sequence number it is put at.
+/// shard and key under the sequence number it is put at; and here the
+/// lanes' positions are followed and checkpointed at each block start.
 const Output = struct {
     stage: *prefetch.Prefetch,
     shuffle: shuffle_buffer.Sink(WdsSource),
+    /// Per lane: where it stands after the last item taken from it.
+    lanes: []LanePosition,
+    retained: *wds_checkpoint.Retained,
 
-    fn put(o: *Output, item: source.Item) error{Closed}!void {
+    fn put(o: *Output, lane: usize, item: source.Item, after: LanePosition) error{Closed}!void {
+        // Only this thread puts, so put_seq is the block's first seq.
+        if (o.shuffle.atBlockStart()) o.retained.record(o.stage.put_seq, o.shuffle.block, @intCast(lane), o.lanes);
+        o.lanes[lane] = after;
         return o.shuffle.put(o.stage, item, item.source_name, item.origin);
+    }
+
+    /// The stream completed: the checkpoint at its end resumes to nothing.
+    fn finish(o: *Output) void {
+        for (o.lanes) |*lane| lane.done = true;
+        o.retained.record(o.stage.put_seq, o.shuffle.block, 0, o.lanes);
     }
 };
 
@@ -439,7 +563,10 @@ const Shared = struct {
         if (!any_http) return;
         shared.watchdog = .init(shared.io);
         const period = http.Watchdog.periodFor(shared.owner.options.read_timeout_ms);
-        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
+        // glibc refuses a stack that does not hold the binary's static TLS
+        // (std then panics): 64 and 256 KiB aborted the test binary. The
+        // stack is only reserved, so a margin costs nothing.
+        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = watchdog_stack_bytes }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
         shared.client.init(shared.gpa, shared.io, &shared.watchdog, shared.owner.options);
         shared.client_ready = true;
         if (shared.owner.ca_bundle) |path| shared.client.useCaBundle(path) catch |err| {
@@ -502,6 +629,19 @@ const Reading = struct {
     const Outcome = enum { done, failed, closed };
     const Transport = enum { file, http };
 
+    /// Which planned shard a lane reads, and from where.
+    const Cursor = struct {
+        at: usize,
+        stride: usize,
+        start: tar.Start,
+
+        /// A plain shard is entered at the offset; gzip is read from its
+        /// start (`tar.Start`).
+        fn seekOffset(c: Cursor) u64 {
+            return if (c.start.gzip) 0 else c.start.offset;
+        }
+    };
+
     fn create(shared: *Shared) Allocator.Error!*Reading {
         const r = try shared.gpa.create(Reading);
         r.gpa = shared.gpa;
@@ -518,14 +658,18 @@ const Reading = struct {
         r.gpa.destroy(r);
     }
 
-    fn readShard(r: *Reading, url: []const u8, sink: Sink, filter: shard_split.Filter, why: *source.Failure) Outcome {
+    fn readShard(r: *Reading, url: []const u8, sink: Sink, filter: shard_split.Filter, why: *source.Failure, cursor: Cursor) Outcome {
         if (isHttp(url)) {
             const shared = r.shared;
             if (shared.cache) |*cache| if (cache.lookup(url, &r.file_buffer)) |found| {
                 var hit = found;
                 defer hit.close(r.io);
                 var cached = hit.reader(r.io, &r.file_buffer);
-                const outcome = r.readTar(&cached.interface, url, sink, filter, why, .file);
+                cached.seekTo(hit.data_offset + cursor.seekOffset()) catch |err| {
+                    _ = why.set("cached copy: cannot seek to byte {d}: {s}", .{ cursor.seekOffset(), @errorName(err) }) catch {};
+                    return .failed;
+                };
+                const outcome = r.readTar(&cached.interface, url, sink, filter, why, .file, cursor);
                 if (outcome == .failed) if (cached.err) |err| {
                     _ = why.set("cached copy: read failed: {s}", .{@errorName(err)}) catch {};
                 };
@@ -535,14 +679,16 @@ const Reading = struct {
                 _ = why.set("source_config.ca_bundle: cannot load '{s}' ({s})", .{ r.owner.ca_bundle.?, reason }) catch {};
                 return .failed;
             }
-            r.body.open(&shared.client, url, &r.http_buffer) catch |err| {
+            r.body.openAt(&shared.client, url, &r.http_buffer, cursor.seekOffset()) catch |err| {
                 httpFailure(why, err, &r.body.diagnostics);
                 return .failed;
             };
             defer r.body.close();
-            const input = if (shared.cache) |*cache| r.fill.begin(cache, url, &r.body.interface, r.body.total) else &r.body.interface;
-            const outcome = r.readTar(input, url, sink, filter, why, .http);
-            r.fill.end(outcome == .done);
+            // A shard read from an offset is not whole: not for the cache.
+            const tee = shared.cache != null and cursor.start.offset == 0;
+            const input = if (tee) r.fill.begin(&shared.cache.?, url, &r.body.interface, r.body.total) else &r.body.interface;
+            const outcome = r.readTar(input, url, sink, filter, why, .http, cursor);
+            if (tee) r.fill.end(outcome == .done);
             return outcome;
         }
         const path = if (std.mem.startsWith(u8, url, "file://")) url["file://".len..] else url;
@@ -552,7 +698,11 @@ const Reading = struct {
         };
         defer file.close(r.io);
         var file_reader = file.readerStreaming(r.io, &r.file_buffer);
-        const outcome = r.readTar(&file_reader.interface, url, sink, filter, why, .file);
+        file_reader.seekTo(cursor.seekOffset()) catch |err| {
+            _ = why.set("cannot seek to byte {d}: {s}", .{ cursor.seekOffset(), @errorName(err) }) catch {};
+            return .failed;
+        };
+        const outcome = r.readTar(&file_reader.interface, url, sink, filter, why, .file, cursor);
         if (outcome == .failed) if (file_reader.err) |err| {
             _ = why.set("read failed: {s}", .{@errorName(err)}) catch {};
         };
@@ -567,8 +717,9 @@ const Reading = struct {
         filter: shard_split.Filter,
         why: *source.Failure,
         transport: Transport,
+        cursor: Cursor,
     ) Outcome {
-        r.tar_reader.init(input, &r.window) catch |err| {
+        r.tar_reader.initAt(input, &r.window, cursor.start) catch |err| {
             r.tarFailure(why, err, transport);
             return .failed;
         };
@@ -593,7 +744,11 @@ const Reading = struct {
                 _ = why.set("out of memory for a sample of {d} bytes", .{group.image().?.data.len}) catch {};
                 return .failed;
             };
-            sink.put(item) catch |err| switch (err) {
+            const after: LanePosition = if (grouper.resumeOffset()) |offset|
+                .{ .shard = @intCast(cursor.at), .offset = offset, .gzip = r.tar_reader.compression == .gzip }
+            else
+                .{ .shard = @intCast(cursor.at + cursor.stride) };
+            sink.put(item, after) catch |err| switch (err) {
                 error.Closed => return .closed,
             };
         }
@@ -848,4 +1003,273 @@ test "a stopped pass reads no further shard" {
     const counts = src.shardCounts().?;
     try testing.expectEqual(@as(u64, 10), counts.planned);
     try testing.expectEqual(@as(u64, 0), counts.failed + counts.read);
+}
+
+/// Writes shards `root/r-<i>.tar` of uneven lengths: shard i holds
+/// `lengths[i]` groups `s<i>_<j>`, each an image of a varying size, some
+/// with a text member, every seventh without an image (skipped), and
+/// shard `gzipped` (if any) gzip-compressed under the same name.
+fn writeResumeShards(dir: Io.Dir, lengths: []const usize, gzipped: ?usize) !void {
+    const gpa = testing.allocator;
+    var arena_state: std.heap.ArenaAllocator = .init(gpa);
+    defer arena_state.deinit();
+    const arena = arena_state.allocator();
+    for (lengths, 0..) |length, i| {
+        var files: std.ArrayList([2][]const u8) = .empty;
+        for (0..length) |j| {
+            const data = try arena.alloc(u8, 1 + (i * 131 + j * 977) % 1500);
+            @memset(data, @intCast('a' + j % 26));
+            if (j % 7 != 3) try files.append(arena, .{ try std.fmt.allocPrint(arena, "d/s{d}_{d}.jpg", .{ i, j }), data });
+            if (j % 2 == 0) try files.append(arena, .{ try std.fmt.allocPrint(arena, "d/s{d}_{d}.txt", .{ i, j }), "t" });
+        }
+        const archive = try testTar(gpa, files.items);
+        defer gpa.free(archive);
+        const bytes = if (gzipped == i) try tar.gzipForTest(gpa, archive) else try gpa.dupe(u8, archive);
+        defer gpa.free(bytes);
+        const name = try std.fmt.allocPrint(arena, "r-{d}.tar", .{i});
+        try dir.writeFile(testing.io, .{ .sub_path = name, .data = bytes });
+    }
+}
+
+/// One WebDataset pass over `json`'s configuration, from `resume_from` if
+/// given, into a stage that holds it all; keeps the source for its
+/// checkpoints. Test helper (http_test.zig uses it too).
+pub const TestPass = struct {
+    parsed: config_mod.Parsed,
+    src: WdsSource,
+    /// "seq:id;" per item, in seq order.
+    text: std.ArrayList(u8) = .empty,
+    /// Where item `first + k` starts in `text`.
+    starts: std.ArrayList(usize) = .empty,
+    first: u64 = 0,
+    total: u64 = 0,
+
+    pub fn run(json: []const u8, resume_from: ?Checkpoint) !*TestPass {
+        const gpa = testing.allocator;
+        const pass = try gpa.create(TestPass);
+        errdefer gpa.destroy(pass);
+        var diag: config_mod.Diagnostics = .{};
+        pass.* = .{ .parsed = try config_mod.parse(gpa, json, &diag), .src = undefined };
+        errdefer pass.parsed.deinit();
+        pass.src = try .init(gpa, &pass.parsed.config, 0);
+        errdefer pass.deinit();
+        if (resume_from) |cp| pass.src.resumeFrom(try cp.clone(gpa));
+        var failure: source.Failure = .{};
+        var canceled: std.atomic.Value(bool) = .init(false);
+        _ = pass.src.prepare(gpa, testing.io, &canceled, &failure) catch |err| {
+            std.debug.print("prepare: {s}\n", .{failure.text()});
+            return err;
+        };
+        var stage = try prefetch.Prefetch.init(gpa, testing.io, 4096);
+        defer stage.deinit();
+        pass.src.stream(gpa, &stage);
+        if (stage.failureText()) |t| {
+            std.debug.print("stream: {s}\n", .{t});
+            return error.TestUnexpectedResult;
+        }
+        pass.first = if (resume_from) |cp| cp.seq else 0;
+        pass.total = stage.total().?;
+        var seq = pass.first;
+        while (true) : (seq += 1) {
+            var item = switch (stage.take(seq)) {
+                .item => |item| item,
+                .end => break,
+                .stopped => return error.TestUnexpectedResult,
+            };
+            defer item.release(gpa);
+            try pass.starts.append(gpa, pass.text.items.len);
+            try pass.text.print(gpa, "{d}:{s};", .{ seq, item.id.plain });
+            var described: [256]u8 = undefined;
+            var w: Io.Writer = .fixed(&described);
+            try pass.src.describeItem(seq, &w);
+            try testing.expect(std.mem.endsWith(u8, w.buffered(), item.id.plain));
+        }
+        try testing.expectEqual(pass.total, seq);
+        return pass;
+    }
+
+    /// The items from `seq` on.
+    pub fn from(pass: *const TestPass, seq: u64) []const u8 {
+        if (seq >= pass.total) return "";
+        return pass.text.items[pass.starts.items[@intCast(seq - pass.first)]..];
+    }
+
+    pub fn deinit(pass: *TestPass) void {
+        const gpa = testing.allocator;
+        pass.text.deinit(gpa);
+        pass.starts.deinit(gpa);
+        pass.src.deinit(gpa);
+        pass.parsed.deinit();
+        gpa.destroy(pass);
+    }
+};
+
+/// What the checkpoints tried held.
+const Entered = struct { mid_shard: usize = 0, mid_gzip: usize = 0 };
+
+/// For many k: the checkpoint at k, resumed by a fresh source, streams
+/// exactly the whole pass's items from the checkpoint's seq on.
+fn expectExactResumes(json: []const u8, min_items: u64, entered: *Entered) !void {
+    const gpa = testing.allocator;
+    const whole = try TestPass.run(json, null);
+    defer whole.deinit();
+    try testing.expect(whole.total >= min_items);
+    // Every k for short streams, else a spread that hits block edges.
+    var k: u64 = 0;
+    while (k <= whole.total) : (k += if (whole.total < 80) 1 else 3) {
+        var cp = (try whole.src.checkpointAt(gpa, k)) orelse return error.TestExpectedCheckpoint;
+        defer cp.deinit(gpa);
+        try testing.expect(cp.seq <= k);
+        try testing.expect(k - cp.seq < whole.src.shuffle.blockItems());
+        for (cp.lanes) |lane| if (lane.offset > 0) {
+            entered.mid_shard += 1;
+            entered.mid_gzip += @intFromBool(lane.gzip);
+        };
+        // Through JSON, as the state travels.
+        var json_buffer: [4096]u8 = undefined;
+        var w: Io.Writer = .fixed(&json_buffer);
+        try cp.writeJson(&w);
+        var parsed = try std.json.parseFromSlice(std.json.Value, gpa, w.buffered(), .{});
+        defer parsed.deinit();
+        var failure: source.Failure = .{};
+        var back = try Checkpoint.parse(gpa, parsed.value, &failure);
+        defer back.deinit(gpa);
+        const resumed = try TestPass.run(json, back);
+        defer resumed.deinit();
+        try testing.expectEqual(whole.total, resumed.total);
+        testing.expectEqualStrings(whole.from(cp.seq), resumed.text.items) catch |err| {
+            std.debug.print("resumed at k={d} (checkpoint seq {d})\n", .{ k, cp.seq });
+            return err;
+        };
+    }
+    // The end: a checkpoint that resumes to nothing.
+    var end = (try whole.src.checkpointAt(gpa, whole.total)).?;
+    defer end.deinit(gpa);
+    try testing.expectEqual(whole.total, end.seq);
+}
+
+test "a resumed stream repeats the uninterrupted one exactly: lanes, shuffle blocks, uneven shards, gzip" {
+    var tmp = testing.tmpDir(.{});
+    defer tmp.cleanup();
+    // About 130 samples: past a few identity blocks of 64.
+    try writeResumeShards(tmp.dir, &.{ 29, 2, 47, 15, 0, 33, 27 }, 3);
+    var path_buffer: [std.fs.max_path_bytes]u8 = undefined;
+    const root = path_buffer[0..try tmp.dir.realPath(testing.io, &path_buffer)];
+    var text: [1024]u8 = undefined;
+    var entered: Entered = .{};
+    for ([_]u16{ 1, 2, 3 }) |lanes| {
+        for ([_]u32{ 0, 5, 16 }) |capacity| {
+            // No seed with a buffer: the checkpoint carries the drawn one.
+            const json = try std.fmt.bufPrint(&text,
+                \\{{"source_type": "webdataset", "source_config": {{"url": "{s}/r-{{0..6}}.tar", "concurrent_downloads": {d}, "shuffle_buffer": {d}}}}}
+            , .{ root, lanes, capacity });
+            expectExactResumes(json, 120, &entered) catch |err| {
+                std.debug.print("lanes {d}, shuffle_buffer {d}\n", .{ lanes, capacity });
+                return err;
+            };
+        }
+    }
+    // Lanes were resumed inside shards, the gzip one included.
+    try testing.expect(entered.mid_shard > 100 and entered.mid_gzip > 5);
+}
+
+test "a resumed stream repeats the uninterrupted one under a seeded plan and the key-hash filters" {
+    var tmp = testing.tmpDir(.{});
+    defer tmp.cleanup();
+    try writeResumeShards(tmp.dir, &.{ 14, 3, 11, 8 }, null);
+    var path_buffer: [std.fs.max_path_bytes]u8 = undefined;
+    const root = path_buffer[0..try tmp.dir.realPath(testing.io, &path_buffer)];
+    var text: [1024]u8 = undefined;
+    const splits = [_][]const u8{
+        // Members filtered by the reference's key before grouping.
+        "\"rank_split\": \"sample_hash\", \"world_size\": 2, \"rank\": 1",
+        // More ranks than shards: groups filtered by their key.
+        "\"world_size\": 5, \"rank\": 2",
+        "\"random_sampling\": true, \"seed\": 3",
+    };
+    for (splits) |split| {
+        const json = try std.fmt.bufPrint(&text,
+            \\{{"source_type": "webdataset", "source_config": {{"url": "{s}/r-{{0..3}}.tar", "concurrent_downloads": 2, "shuffle_buffer": 4, {s}}}}}
+        , .{ root, split });
+        var entered: Entered = .{};
+        expectExactResumes(json, 5, &entered) catch |err| {
+            std.debug.print("split {s}\n", .{split});
+            return err;
+        };
+    }
+}
+
+test "a checkpoint that does not fit the plan is refused when the pass is prepared" {
+    const gpa = testing.allocator;
+    var tmp = testing.tmpDir(.{});
+    defer tmp.cleanup();
+    try writeResumeShards(tmp.dir, &.{ 4, 4, 4 }, null);
+    var path_buffer: [std.fs.max_path_bytes]u8 = undefined;
+    const root = path_buffer[0..try tmp.dir.realPath(testing.io, &path_buffer)];
+    var text: [1024]u8 = undefined;
+    const json = try std.fmt.bufPrint(&text,
+        \\{{"source_type": "webdataset", "source_config": {{"url": "{s}/r-{{0..2}}.tar", "concurrent_downloads": 2}}}}
+    , .{root});
+    var lanes = [_]LanePosition{ .{ .shard = 0, .offset = 1024 }, .{ .shard = 1 } };
+    const good: Checkpoint = .{ .seq = 3, .block = 0, .block_items = shuffle_buffer.identity_block_items, .shuffle_seed = 0, .shards = 3, .next_lane = 1, .lanes = &lanes };
+    const Case = struct { cp: Checkpoint, message: []const u8 };
+    var bad_lane = lanes;
+    bad_lane[1].shard = 2;
+    var outside = lanes;
+    outside[1] = .{ .shard = 3, .offset = 512 };
+    var finished = lanes;
+    finished[1].done = true;
+    var cases = [_]Case{
+        .{ .cp = good, .message = "" },
+        .{ .cp = blk: {
+            var c = good;
+            c.shards = 4;
+            break :blk c;
+        }, .message = "'shards' is 4, but this worker plans 3" },
+        .{ .cp = blk: {
+            var c = good;
+            c.lanes = lanes[0..1];
+            break :blk c;
+        }, .message = "1 'lanes', but concurrent_downloads gives 2" },
+        .{ .cp = blk: {
+            var c = good;
+            c.block_items = 10;
+            break :blk c;
+        }, .message = "'block_items' is 10" },
+        .{ .cp = blk: {
+            var c = good;
+            c.lanes = &bad_lane;
+            break :blk c;
+        }, .message = "'lanes[1].shard' 2 is not one of lane 1's shards" },
+        .{ .cp = blk: {
+            var c = good;
+            c.lanes = &outside;
+            break :blk c;
+        }, .message = "'lanes[1].offset' 512 is inside no planned shard" },
+        .{ .cp = blk: {
+            var c = good;
+            c.lanes = &finished;
+            break :blk c;
+        }, .message = "'next_lane' 1 is not a live lane" },
+    };
+    for (&cases) |*case| {
+        var diag: config_mod.Diagnostics = .{};
+        var parsed = try config_mod.parse(gpa, json, &diag);
+        defer parsed.deinit();
+        var src: WdsSource = try .init(gpa, &parsed.config, 0);
+        defer src.deinit(gpa);
+        src.resumeFrom(try case.cp.clone(gpa));
+        var failure: source.Failure = .{};
+        var canceled: std.atomic.Value(bool) = .init(false);
+        const prepared = src.prepare(gpa, testing.io, &canceled, &failure);
+        if (case.message.len == 0) {
+            _ = try prepared;
+            continue;
+        }
+        try testing.expectError(error.Failed, prepared);
+        if (std.mem.indexOf(u8, failure.text(), case.message) == null) {
+            std.debug.print("'{s}' lacks '{s}'\n", .{ failure.text(), case.message });
+            return error.TestUnexpectedResult;
+        }
+    }
 }
