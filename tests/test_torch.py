@@ -44,8 +44,10 @@ def test_limit_is_per_rank_across_workers(image_dir) -> None:
     dataset = datago.DatagoIterDataset(config(root, limit=11))
     assert len(dataset) == 11
     assert len(list(DataLoader(dataset, batch_size=None, num_workers=2))) == 11
-    with pytest.raises(TypeError, match="no length without 'limit'"):
-        len(datago.DatagoIterDataset(config(root)))
+    # A folder's length is known from its listing; a stream's is not.
+    assert len(datago.DatagoIterDataset(config(root))) == 30
+    with pytest.raises(TypeError, match="set 'limit'"):
+        len(datago.DatagoIterDataset({"source_type": "webdataset", "source_config": {"url": "/nowhere/s-{0..1}.tar"}}))
 
 
 def test_python_types_and_zero_copy_tensors(image_dir) -> None:

@@ -144,7 +144,10 @@ export fn datago_loader_state(loader: ?*Loader, buffer: ?[*]u8, capacity: usize,
     const l = checkLoader(loader, "datago_loader_state", &status) orelse return status;
     var text: std.Io.Writer.Allocating = .init(runtime.gpa);
     defer text.deinit();
-    l.writeState(&text.writer) catch return fail(.err_no_memory, "datago_loader_state: out of memory", .{});
+    l.writeState(&text.writer) catch |err| return switch (err) {
+        error.WriteFailed, error.OutOfMemory => fail(.err_no_memory, "datago_loader_state: out of memory", .{}),
+        error.Unavailable => fail(.err_misuse, "datago_loader_state: the stream no longer keeps a checkpoint for its position (a state must be taken within a few thousand samples of the last one handed out)", .{}),
+    };
     const written = text.written();
     if (length_out) |out| out.* = written.len;
     const out = buffer orelse return fail(.err_argument, "datago_loader_state: buffer is NULL", .{});

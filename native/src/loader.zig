@@ -171,7 +171,7 @@ pub const Loader = struct {
 
     /// Writes the resume state of this client (docs/design.md §3): where
     /// its current or last pass stands, or where its next pass starts.
-    pub fn writeState(loader: *Loader, w: *std.Io.Writer) (std.Io.Writer.Error || Allocator.Error)!void {
+    pub fn writeState(loader: *Loader, w: *std.Io.Writer) (std.Io.Writer.Error || Allocator.Error || error{Unavailable})!void {
         var arena_state: std.heap.ArenaAllocator = .init(loader.gpa);
         defer arena_state.deinit();
         const arena = arena_state.allocator();
@@ -208,6 +208,8 @@ pub const Loader = struct {
             part = try p.statePart(arena, rank, worker);
             if (p.source.fingerprint()) |f| state.fingerprint = f;
             part.stream = try p.source.streamCheckpoint(arena, part.position);
+            // A stream resumes only from a checkpoint at or before the position.
+            if (part.stream == null and p.source == .webdataset and part.position > 0 and !part.done) return error.Unavailable;
             if (try p.source.keysetJson(arena, part.position)) |k| {
                 part.after_key = k.key;
                 part.in_page = k.in_page;

@@ -332,7 +332,11 @@ pub fn orderKey(config: *const config_mod.Config) u64 {
             h.update(@tagName(wds.rank_split));
         },
         .db => {
-            h.update(config.dataroom.sources);
+            // The whole first-page query (filters, fields, page size).
+            var buffer: [16 * 1024]u8 = undefined;
+            var w: Io.Writer = .fixed(&buffer);
+            @import("sources/dataroom_query.zig").writeFirstPageQuery(&config.dataroom, .{ .index = 0, .count = 1 }, &w) catch {};
+            h.update(w.buffered());
         },
     }
     return h.final();
@@ -364,7 +368,7 @@ pub fn apply(state: *const State, config: *const config_mod.Config, diag: *Diagn
     if (state.source != config.source_type)
         return diag.fail("saved from a '{s}' source, but this config reads a '{s}' source", .{ @tagName(state.source), @tagName(config.source_type) });
     if (state.order_key != orderKey(config))
-        return diag.fail("saved with a configuration that orders samples differently (random_sampling, and for WebDataset url, concurrent_downloads, shuffle_buffer, rank_split; for Dataroom sources, must match)", .{});
+        return diag.fail("saved with a configuration that orders samples differently (random_sampling, and for WebDataset url, concurrent_downloads, shuffle_buffer, rank_split; for Dataroom the query's filters, must match)", .{});
     const file = &config.file;
     const seed: ?u64 = if (file.random_sampling) file.seed else null;
     if (state.seed != seed) return diag.fail("saved with seed {?d}, but this config uses seed {?d}", .{ state.seed, seed });

@@ -225,10 +225,34 @@ pub const Source = union(enum) {
                 const key = part.after_key orelse return error.Invalid;
                 try s.resumeAt(gpa, part.position, key, part.in_page);
             },
-            .webdataset => {
+            .webdataset => |*s| {
+                s.expected_fingerprint = expected_fingerprint;
                 const part = applied.part orelse return;
                 if (part.position == 0 and part.head == 0) return;
-                return error.Invalid;
+                const text = part.stream orelse {
+                    _ = s.resume_failure.set("the state has no stream checkpoint for a WebDataset part that had started", .{}) catch {};
+                    return error.Invalid;
+                };
+                var arena: std.heap.ArenaAllocator = .init(gpa);
+                defer arena.deinit();
+                const value = std.json.parseFromSliceLeaky(std.json.Value, arena.allocator(), text, .{}) catch |err| switch (err) {
+                    error.OutOfMemory => return error.OutOfMemory,
+                    else => {
+                        _ = s.resume_failure.set("stream: not valid JSON", .{}) catch {};
+                        return error.Invalid;
+                    },
+                };
+                const cp = @import("wds_source.zig").Checkpoint.parse(gpa, value, &s.resume_failure) catch |err| switch (err) {
+                    error.OutOfMemory => return error.OutOfMemory,
+                    error.Failed => return error.Invalid,
+                };
+                if (cp.seq > part.position) {
+                    var owned = cp;
+                    owned.deinit(gpa);
+                    _ = s.resume_failure.set("stream: the checkpoint (item {d}) is past the part's position {d}", .{ cp.seq, part.position }) catch {};
+                    return error.Invalid;
+                }
+                s.resumeFrom(cp);
             },
             .test_stream => {},
         }
@@ -237,7 +261,7 @@ pub const Source = union(enum) {
     pub fn resumeFailure(self: *const Source) []const u8 {
         return switch (self.*) {
             .file, .test_stream => "",
-            .webdataset => "a WebDataset source cannot resume mid-epoch in this build",
+            .webdataset => |*s| s.resume_failure.text(),
             .db => |*s| if (s.random_sampling)
                 "a Dataroom source with random_sampling cannot resume mid-epoch: the server's random endpoint has no position (start the next epoch instead)"
             else
@@ -250,7 +274,8 @@ pub const Source = union(enum) {
     /// position itself (random access).
     pub fn resumeStartSeq(self: *const Source) ?u64 {
         return switch (self.*) {
-            .file, .webdataset, .db, .test_stream => null,
+            .webdataset => |*s| if (s.resume_from) |cp| cp.seq else null,
+            .file, .db, .test_stream => null,
         };
     }
 
@@ -259,18 +284,24 @@ pub const Source = union(enum) {
     pub fn fingerprint(self: *const Source) ?u64 {
         return switch (self.*) {
             .file => |*s| s.fingerprint,
-            .webdataset, .db, .test_stream => null,
+            .webdataset => |*s| s.fingerprint,
+            .db, .test_stream => null,
         };
     }
 
     /// A streaming source's checkpoint for resuming at `seq`, as JSON
     /// (allocated in `arena`); null for random access.
     pub fn streamCheckpoint(self: *Source, arena: Allocator, seq: u64) Allocator.Error!?[]const u8 {
-        _ = arena;
-        _ = seq;
-        return switch (self.*) {
-            .file, .webdataset, .db, .test_stream => null,
-        };
+        switch (self.*) {
+            .webdataset => |*s| {
+                var cp = try s.checkpointAt(arena, seq) orelse return null;
+                defer cp.deinit(arena);
+                var out: Io.Writer.Allocating = .init(arena);
+                cp.writeJson(&out.writer) catch return error.OutOfMemory;
+                return out.written();
+            },
+            .file, .db, .test_stream => return null,
+        }
     }
 
     /// A keyset-paged source's position of item `seq` for a resume state

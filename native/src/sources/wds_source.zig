@@ -63,6 +63,7 @@ const shuffle_buffer = @import("shuffle_buffer.zig");
 const source = @import("source.zig");
 const tar = @import("tar.zig");
 const wds_checkpoint = @import("wds_checkpoint.zig");
+const resume_mod = @import("../resume.zig");
 const wds_group = @import("wds_group.zig");
 
 pub const Checkpoint = wds_checkpoint.Checkpoint;
@@ -120,6 +121,12 @@ pub const WdsSource = struct {
     retained: wds_checkpoint.Retained,
     /// Where this pass resumes (`resumeFrom`); owned.
     resume_from: ?Checkpoint = null,
+    /// Of the expanded shard URLs (resume.Fingerprint), once prepared; and
+    /// the one a resumed pass's state was saved over.
+    fingerprint: ?u64 = null,
+    expected_fingerprint: ?u64 = null,
+    /// Why a state's checkpoint was refused (`Source.resumeFrom`).
+    resume_failure: source.Failure = .{},
 
     const Described = struct {
         seq: u64 = std.math.maxInt(u64),
@@ -241,6 +248,15 @@ pub const WdsSource = struct {
         const plan = shard_split.plan(gpa, params) catch |err| return switch (err) {
             error.OutOfMemory => failure.set("out of memory while planning {d} shards", .{urls.count()}),
             error.TooMany => failure.set("source_config.url: {d} shards, at most {d}", .{ urls.count(), shard_split.shards_max }),
+        };
+        var fingerprint: resume_mod.Fingerprint = .{};
+        for (0..urls.count()) |i| fingerprint.add(urls.get(i));
+        self.fingerprint = fingerprint.final();
+        if (self.expected_fingerprint) |expected| if (expected != self.fingerprint.?) {
+            var p = plan;
+            p.deinit(gpa);
+            failure.kind = .config;
+            return failure.set("state: saved over another list of shards (fingerprint {x:0>16}, now {x:0>16} with {d} shards): it belongs to another dataset", .{ expected, self.fingerprint.?, urls.count() });
         };
         if (self.resume_from) |*cp| self.checkResume(cp, plan.shards.len, failure) catch |err| {
             var p = plan;
