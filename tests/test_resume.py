@@ -277,3 +277,12 @@ def test_the_state_goes_through_the_c_abi_as_a_string(folders) -> None:
     assert lib.datago_loader_restore(loader[0], b"{}", 2) == lib.DATAGO_ERR_CONFIG
     assert b"datago_state" in ffi.string(lib.datago_last_error())
     lib.datago_loader_close(loader[0])
+
+
+def test_the_same_epoch_repeats_and_another_differs(folders) -> None:
+    root = folders[31]
+    orders = []
+    for epoch in (0, 0, 1):
+        with open_client(config(root, 1, 2, seed=11, epoch=epoch)) as client:
+            orders.append(names(client))
+    assert orders[0] == orders[1] and orders[0] != orders[2] and sorted(orders[0]) == sorted(orders[2])

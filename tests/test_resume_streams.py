@@ -180,3 +180,27 @@ def test_a_random_dataroom_stream_cannot_resume_mid_epoch(dataroom) -> None:
         state = client.state_dict()
     with pytest.raises(datago.ConfigError, match="random endpoint has no position"):
         datago.DatagoClient(config, state=state)
+
+
+def count_or_failure(config: dict[str, Any]) -> int | str:
+    with datago.DatagoClient(config) as client:
+        count = 0
+        try:
+            while client.get_sample() is not None:
+                count += 1
+        except datago.SourceError as error:
+            return str(error)
+        return count
+
+
+def test_equal_per_rank_over_uneven_shards_gives_every_rank_the_limit(shards) -> None:
+    # Shards of 7, 7, 7, 3 and 3 samples: whole shards per rank, so the two
+    # ranks' shares differ (the smaller holds at least 6).
+    counts = [count_or_failure(wds(pattern(shards), rank=r, world_size=2, top={"limit": 5, "equal_per_rank": "drop"})) for r in range(2)]
+    assert counts == [5, 5]
+    # A limit beyond a rank's share: that rank fails rather than end short
+    # (its DDP peers would wait for it forever).
+    outcomes = [count_or_failure(wds(pattern(shards), rank=r, world_size=2, top={"limit": 20, "equal_per_rank": "drop"})) for r in range(2)]
+    failures = [o for o in outcomes if isinstance(o, str)]
+    assert failures and all("equal_per_rank" in f and "short of the 20" in f for f in failures)
+    assert all(o == 20 for o in outcomes if not isinstance(o, str))
