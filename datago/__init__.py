@@ -13,7 +13,7 @@ from . import _native as _native_module
 from . import logs as logs
 from ._native import ffi as _ffi
 from ._native import lib as _lib
-from .client import DatagoClient, live_cleanup_threads, live_samples
+from .client import DatagoClient, collect_states, live_cleanup_threads, live_samples
 from .errors import AuthError, ConfigError, DatagoError, SampleTimeoutError, SourceError
 from .imaging import Bucket, Fit, buckets, fit, transform
 from .logs import initialize_logging
@@ -38,6 +38,7 @@ __all__ = [
     "initialize_logging",
     "live_cleanup_threads",
     "live_samples",
+    "collect_states",
     "Sample",
     "Batch",
     "DatagoIterDataset",

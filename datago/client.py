@@ -273,6 +273,31 @@ def _settings_from(text: str) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def collect_states(*saved: Any) -> list[dict[str, Any]]:
+    """Every datago state found in `saved`: states from ``state_dict()``,
+    lists of them, or whole checkpoints that hold them (a torchdata
+    ``StatefulDataLoader.state_dict()`` keeps each worker's inside its
+    snapshot), from every rank. The result is what an elastic restart
+    passes to ``DatagoClient(config, state=...)`` or
+    ``DatagoIterDataset.load_state_dict``."""
+    found: list[dict[str, Any]] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Mapping):
+            if "datago_state" in value:
+                found.append(dict(value))
+                return
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for item in saved:
+        visit(item)
+    return found
+
+
 def live_cleanup_threads() -> int:
     """Stopped or closed passes whose native work is still finishing (0 once
     everything has drained)."""

@@ -99,3 +99,24 @@ def test_ddp_without_equal_per_rank_warns_once(folder, monkeypatch, caplog) -> N
     with caplog.at_level(logging.WARNING, logger="datago"):
         datago.DatagoIterDataset(config(folder, equal_per_rank="drop"))
     assert not [r for r in caplog.records if "equal_per_rank" in r.message]
+
+
+def test_an_elastic_restart_from_stateful_dataloader_checkpoints(folder) -> None:
+    """Two ranks with two workers each save their loaders' states; three
+    ranks with one worker each resume the rest of the epoch from all of them."""
+    seen, saved = [], []
+    for rank in range(2):
+        dl = loader(datago.DatagoIterDataset(config(folder, source={"seed": 5, "rank": rank, "world_size": 2})), 2, False)
+        for step, batch in enumerate(dl):
+            seen += batch
+            if step == 2 + rank:
+                saved.append(json.loads(json.dumps(dl.state_dict())))
+                break
+    states = datago.collect_states(saved)
+    assert len(states) == 4
+    rest = []
+    for rank in range(3):
+        dataset = datago.DatagoIterDataset(config(folder, source={"seed": 5, "rank": rank, "world_size": 3}))
+        dataset.load_state_dict(states)
+        rest += [item["id"] for item in dataset]
+    assert sorted(seen + rest) == sorted(json.dumps(str(p)) for p in folder.iterdir())
