@@ -149,16 +149,7 @@ class DatagoClient:
         but not handed out, and samples waiting in a partial bucket batch,
         are delivered by the resumed run. Taken after the end of a pass, it
         resumes at the start of the next epoch. See docs/design.md §3."""
-        handle = self._live_handle()
-        length = ffi.new("size_t *")
-        buffer = ffi.new("char[]", 4096)
-        status = lib.datago_loader_state(handle, buffer, len(buffer), length)
-        if status == lib.DATAGO_ERR_ARGUMENT and length[0] >= len(buffer):
-            buffer = ffi.new("char[]", length[0] + 1)
-            status = lib.datago_loader_state(handle, buffer, len(buffer), length)
-        _native.check(status)
-        state: dict[str, Any] = json.loads(ffi.string(buffer, length[0]))
-        return state
+        return _json_from(lib.datago_loader_state, self._live_handle(), 4096)
 
     def load_state_dict(self, state: Mapping[str, Any] | list[Any] | str) -> None:
         """Makes the next pass continue `state` (from ``state_dict()``):
@@ -190,15 +181,7 @@ class DatagoClient:
         queue depths, threads, the shuffle ``seed`` and what the pass
         ``waiting_for``. Before the first pass, only ``seed``. Cheap: safe
         to poll during training."""
-        handle = self._live_handle()
-        length = ffi.new("size_t *")
-        buffer = ffi.new("char[]", 16384)
-        status = lib.datago_loader_stats(handle, buffer, len(buffer), length)
-        if status == lib.DATAGO_ERR_ARGUMENT and length[0] >= len(buffer):
-            buffer = ffi.new("char[]", length[0] + 1)
-            status = lib.datago_loader_stats(handle, buffer, len(buffer), length)
-        _native.check(status)
-        return json.loads(ffi.string(buffer, length[0]))
+        return _json_from(lib.datago_loader_stats, self._live_handle(), 16384)
 
     def close(self) -> None:
         """Stops and releases the native loader. Idempotent. Samples already
@@ -271,6 +254,21 @@ def _settings_from(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def _json_from(call: Any, handle: Any, guess: int) -> dict[str, Any]:
+    """The JSON object a native `call(handle, buffer, capacity, &length)`
+    writes, in a buffer of `guess` bytes or, when the call says that is too
+    small, of the length it asked for."""
+    length = ffi.new("size_t *")
+    buffer = ffi.new("char[]", guess)
+    status = call(handle, buffer, len(buffer), length)
+    if status == lib.DATAGO_ERR_ARGUMENT and length[0] >= len(buffer):
+        buffer = ffi.new("char[]", length[0] + 1)
+        status = call(handle, buffer, len(buffer), length)
+    _native.check(status)
+    document: dict[str, Any] = json.loads(ffi.string(buffer, length[0]))
+    return document
 
 
 def collect_states(*saved: Any) -> list[dict[str, Any]]:

@@ -71,18 +71,24 @@ def test_an_unseeded_shuffle_resumes_with_the_seed_it_drew(shards) -> None:
     resume_matches(wds(pattern(shards), concurrent_downloads=2, random_sampling=True), 9)
 
 
-def test_webdataset_bucket_batches_resume_exactly(shards) -> None:
-    config = wds(pattern(shards), concurrent_downloads=2, shuffle_buffer=6, random_sampling=True, seed=1,
-                 top={"batch_size": 4, "image_config": {"crop_and_resize": True, "default_image_size": 64, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0,
-                                                        "downsampling_ratio": 16}})
+BUCKETS64 = {"crop_and_resize": True, "default_image_size": 64, "downsampling_ratio": 16, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0}
+
+
+def batches_resume_exactly(config: dict[str, Any], every: int = 1) -> None:
+    """A state after every `every`-th batch resumes the batches exactly."""
     with datago.DatagoClient(config) as client:
         full = [[s.id for s in b.samples] for b in client]
-    for k in range(len(full)):
+    for k in range(0, len(full), every):
         with datago.DatagoClient(config) as client:
             head = [[s.id for s in client.get_batch().samples] for _ in range(k)]
             state = client.state_dict()
         with datago.DatagoClient(config, state=state) as client:
-            assert head + [[s.id for s in b.samples] for b in client] == full
+            assert head + [[s.id for s in b.samples] for b in client] == full, k
+
+
+def test_webdataset_bucket_batches_resume_exactly(shards) -> None:
+    batches_resume_exactly(wds(pattern(shards), concurrent_downloads=2, shuffle_buffer=6, random_sampling=True, seed=1,
+                               top={"batch_size": 4, "image_config": BUCKETS64}))
 
 
 def test_ranks_and_workers_resume_their_own_parts(shards) -> None:
@@ -161,15 +167,7 @@ def test_a_dataroom_resume_after_a_skipped_record_names_the_right_one(dataroom) 
 
 
 def test_dataroom_batches_resume_exactly(dataroom) -> None:
-    config = db(batch_size=3, image_config={"crop_and_resize": True, "default_image_size": 64, "downsampling_ratio": 16, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0})
-    with datago.DatagoClient(config) as client:
-        full = [[s.id for s in b.samples] for b in client]
-    for k in range(0, len(full), 2):
-        with datago.DatagoClient(config) as client:
-            head = [[s.id for s in client.get_batch().samples] for _ in range(k)]
-            state = client.state_dict()
-        with datago.DatagoClient(config, state=state) as client:
-            assert head + [[s.id for s in b.samples] for b in client] == full
+    batches_resume_exactly(db(batch_size=3, image_config=BUCKETS64), every=2)
 
 
 def test_a_random_dataroom_stream_cannot_resume_mid_epoch(dataroom) -> None:
