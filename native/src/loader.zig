@@ -115,7 +115,7 @@ pub const Loader = struct {
         r.?.pending = false;
         var source = try source_mod.Source.init(loader.gpa, config_, epoch);
         errdefer source.deinit(loader.gpa);
-        source.resumeFrom(loader.gpa, &applied, r.?.state.fingerprint) catch |err| switch (err) {
+        const start_seq = source.resumeFrom(loader.gpa, &applied, r.?.state.fingerprint) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
             // `restore` made the same call with the same inputs and it passed.
             error.Invalid => {
@@ -127,7 +127,7 @@ pub const Loader = struct {
         return pipeline.Pass.createWith(loader.gpa, config_, epoch, source, .{
             .part = part,
             .limit = applied.limit,
-            .start_seq = source.resumeStartSeq() orelse part.position,
+            .start_seq = start_seq orelse part.position,
         });
     }
 
@@ -155,7 +155,7 @@ pub const Loader = struct {
         const applied = try resume_mod.apply(&state, cfg, diag);
         var validation = try source_mod.Source.init(loader.gpa, cfg, applied.epoch);
         defer validation.deinit(loader.gpa);
-        validation.resumeFrom(loader.gpa, &applied, state.fingerprint) catch |err| switch (err) {
+        _ = validation.resumeFrom(loader.gpa, &applied, state.fingerprint) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
             error.Invalid => return diag.fail("{s}", .{validation.resumeFailure()}),
         };

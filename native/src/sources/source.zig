@@ -213,22 +213,25 @@ pub const Source = union(enum) {
         self.* = undefined;
     }
 
-    /// Prepares a resumed pass (loader.zig), before `prepare`. Invalid:
-    /// the state cannot resume this source (`resumeFailure` says why).
-    pub fn resumeFrom(self: *Source, gpa: Allocator, applied: *const resume_mod.Applied, expected_fingerprint: ?u64) error{ Invalid, OutOfMemory }!void {
+    /// Prepares a resumed pass (loader.zig), before `prepare`. Returns the
+    /// first sequence number of a resumed stream, the checkpoint it
+    /// restarts from (at or before the part's position); null: the
+    /// position itself. Invalid: the state cannot resume this source
+    /// (`resumeFailure` says why).
+    pub fn resumeFrom(self: *Source, gpa: Allocator, applied: *const resume_mod.Applied, expected_fingerprint: ?u64) error{ Invalid, OutOfMemory }!?u64 {
         switch (self.*) {
             .file => |*s| try s.resumeFrom(gpa, applied, expected_fingerprint),
             .db => |*s| {
-                const part = applied.part orelse return;
-                if (part.position == 0 and part.head == 0) return;
+                const part = applied.part orelse return null;
+                if (part.position == 0 and part.head == 0) return null;
                 if (s.random_sampling) return error.Invalid;
                 const key = part.after_key orelse return error.Invalid;
                 try s.resumeAt(gpa, part.position, key, part.in_page);
             },
             .webdataset => |*s| {
                 s.expected_fingerprint = expected_fingerprint;
-                const part = applied.part orelse return;
-                if (part.position == 0 and part.head == 0) return;
+                const part = applied.part orelse return null;
+                if (part.position == 0 and part.head == 0) return null;
                 const text = part.stream orelse {
                     _ = s.resume_failure.set("the state has no stream checkpoint for a WebDataset part that had started", .{}) catch {};
                     return error.Invalid;
@@ -253,9 +256,11 @@ pub const Source = union(enum) {
                     return error.Invalid;
                 }
                 s.resumeFrom(cp);
+                return cp.seq;
             },
             .test_stream => {},
         }
+        return null;
     }
 
     pub fn resumeFailure(self: *const Source) []const u8 {
@@ -266,16 +271,6 @@ pub const Source = union(enum) {
                 "a Dataroom source with random_sampling cannot resume mid-epoch: the server's random endpoint has no position (start the next epoch instead)"
             else
                 "the state has no Dataroom position (after_key) for a part that had started",
-        };
-    }
-
-    /// The first sequence number of a resumed stream: the checkpoint it
-    /// restarts from, at or before the part's position. Null: the
-    /// position itself (random access).
-    pub fn resumeStartSeq(self: *const Source) ?u64 {
-        return switch (self.*) {
-            .webdataset => |*s| if (s.resume_from) |cp| cp.seq else null,
-            .file, .db, .test_stream => null,
         };
     }
 
