@@ -127,7 +127,9 @@ pub const DbSource = struct {
     read_timeout_ms: u32,
     connect_timeout_ms: u32,
     counts: Counts = .{},
-    marks: Marks = .{},
+    /// On the heap: over a megabyte, and a source is built on the caller's
+    /// stack before it moves into its pass.
+    marks: *Marks,
     /// A resumed stream (`resumeFrom`): its first item is the record after
     /// `after_key`'s page's first `in_page` records, numbered `seq`.
     resumed: ?Resumed = null,
@@ -150,9 +152,14 @@ pub const DbSource = struct {
         query.writeRecordQuery(db, &record.writer) catch return error.OutOfMemory;
         const first_query = try first.toOwnedSlice();
         errdefer gpa.free(first_query);
+        const record_query = try record.toOwnedSlice();
+        errdefer gpa.free(record_query);
+        const marks = try gpa.create(Marks);
+        marks.* = .{};
         return .{
+            .marks = marks,
             .first_query = first_query,
-            .record_query = try record.toOwnedSlice(),
+            .record_query = record_query,
             .random_sampling = config.file.random_sampling,
             .split = split,
             .rank = config.file.rank,
@@ -168,6 +175,7 @@ pub const DbSource = struct {
 
     pub fn deinit(self: *DbSource, gpa: Allocator) void {
         if (self.resumed) |r| gpa.free(r.after_key);
+        gpa.destroy(self.marks);
         if (self.api_root) |r| gpa.free(r);
         if (self.authorization) |a| gpa.free(a);
         gpa.free(self.first_query);
@@ -268,7 +276,7 @@ pub const DbSource = struct {
             .num_workers = self.num_workers,
             .position = position,
         };
-        @constCast(&self.marks).keyset(position, &c);
+        self.marks.keyset(position, &c);
         return c;
     }
 };
@@ -1115,7 +1123,9 @@ test "ranks and workers map to server partitions while there are enough" {
 }
 
 test "marks give the keyset cursor and the id of recent items" {
-    var marks: Marks = .{};
+    const marks = try testing.allocator.create(Marks);
+    defer testing.allocator.destroy(marks);
+    marks.* = .{};
     const p0 = marks.page("");
     marks.item(0, p0, 0, "a");
     marks.item(1, p0, 1, "b");

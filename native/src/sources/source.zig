@@ -474,6 +474,9 @@ pub const TestStream = struct {
 };
 
 comptime {
+    // A source is built on the caller's stack (a Python thread's, or a
+    // test's) before it moves into its pass: keep large rings on the heap.
+    std.debug.assert(@sizeOf(Source) <= 64 * 1024);
     // Snapshots copy it: small, but room for a Dataroom id.
     std.debug.assert(@sizeOf(Cursor) <= 64 + Cursor.Keyset.key_bytes_max + 16);
     std.debug.assert(Cursor.Keyset.key_bytes_max == db_source.Marks.key_bytes_max);
