@@ -16,6 +16,9 @@ pub fn build(b: *std.Build) void {
     });
     codecs.addTo(b, mod, codec_options);
     mod.addIncludePath(b.path("include"));
+    if (target.result.abi.isMusl()) {
+        mod.addCSourceFiles(.{ .files = &.{"src/compat/musl_statx.c"}, .flags = &.{ "-O2", "-fno-sanitize=undefined" } });
+    }
     // The public header as Zig declarations, so abi_header_test.zig can
     // check it against abi_types.zig.
     const header = b.addTranslateC(.{ .root_source_file = b.path("include/datago.h"), .target = target, .optimize = optimize });
