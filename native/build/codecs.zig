@@ -4,7 +4,8 @@
 //!
 //! build.zig calls `options(b, target)` once, then `addTo(b, mod, opts)` for the
 //! module that imports src/decode/*.zig. Each codec becomes a static library
-//! (with its C shim) linked into that module.
+//! (with its C shim) linked into that module; `linkInto` links the same
+//! libraries into a second module (a CPU variant of libdatago).
 //!
 //! Build options:
 //! - `-Djpeg-simd=<bool>`: libjpeg-turbo's SIMD kernels. On x86-64 (Linux ELF and
@@ -140,13 +141,25 @@ fn fail(comptime format: []const u8, args: anytype) noreturn {
     std.process.exit(1);
 }
 
-pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) void {
+pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) Libraries {
     const target = mod.resolved_target orelse @panic("codecs.addTo: the module needs a target");
     const optimize = mod.optimize orelse .safe;
-    mod.linkLibrary(addJpeg(b, target, optimize, opts));
-    mod.linkLibrary(addWebp(b, target, optimize, opts));
-    mod.linkLibrary(addWuffs(b, target, optimize, opts));
-    mod.linkLibrary(addLibdeflate(b, target, optimize, opts));
+    const libs: Libraries = .{ .all = .{
+        addJpeg(b, target, optimize, opts),
+        addWebp(b, target, optimize, opts),
+        addWuffs(b, target, optimize, opts),
+        addLibdeflate(b, target, optimize, opts),
+    } };
+    linkInto(mod, libs, opts);
+    return libs;
+}
+
+/// The codec static libraries that `addTo` built, to link into another module
+/// (a CPU variant of libdatago) without compiling them a second time.
+pub const Libraries = struct { all: [4]*std.Build.Step.Compile };
+
+pub fn linkInto(mod: *std.Build.Module, libs: Libraries, opts: Options) void {
+    for (libs.all) |lib| mod.linkLibrary(lib);
     mod.addOptions("build_options", opts.build_options);
 }
 
