@@ -14,16 +14,17 @@ machine, the release wheels for every platform in WHEELS (manylinux2014 and
 musllinux_1_2 on x86-64 and aarch64, macOS 11+ on arm64 and x86-64) and the
 sdist. .ci/check_wheels.py checks them; RELEASING.md says how they ship.
 
-On x86-64 Linux a second library built for x86_64_v3 (AVX2, FMA, BMI2) ships
-beside the baseline one; the package loads it when the CPU has those
-features. Both come out of one `zig build`, which compiles the C codecs once
-and the two Zig builds side by side.
+The x86-64 Linux wheels also carry a library built for x86_64_v3 (AVX2, FMA,
+BMI2) beside the baseline one; the package loads it when the CPU has those
+features. A source build makes it only when asked (DATAGO_CPU_VARIANTS=1):
+it is a second compilation of all the Zig code, the longest step, for a
+~1.3x faster resize. Either way one `zig build` compiles the C codecs once.
 
 Environment: ZIG_GLOBAL_CACHE_DIR (shared Zig cache), DATAGO_OPTIMIZE
 (ReleaseSafe by default), DATAGO_NATIVE_CPU=1 (one library tuned for this
 machine; never for wheels you ship), DATAGO_REQUIRE_SIMD=1 (fail without
-nasm; `wheels` always sets it), DATAGO_CPU_VARIANTS=0 (a source build without
-the x86_64_v3 library).
+nasm; `wheels` always sets it), DATAGO_CPU_VARIANTS=1 (also the x86_64_v3
+library; `wheels` always sets it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Target:
     # Extra builds for newer CPUs, loaded at run time when the CPU has the
     # features (datago/_native.py): AVX2 makes the resize kernels ~1.3x
     # faster. Linux only: the loader reads the CPU's features from /proc.
+    # Wheels always carry them; a source build only with DATAGO_CPU_VARIANTS=1.
     variants: tuple[str, ...] = ()
     # The DT_NEEDED name of musl's libc. Zig links against its stub
     # `libc.so`; musl's loader takes any `libc.*` for itself, but a library
@@ -159,7 +161,7 @@ def build_native(package_dir: Path, target: Target | None = None) -> None:
     if os.environ.get("DATAGO_NATIVE_CPU") == "1":
         _zig_build(None, (), optimize, package_dir)
     else:
-        variants = target.variants if os.environ.get("DATAGO_CPU_VARIANTS") != "0" else ()
+        variants = target.variants if os.environ.get("DATAGO_CPU_VARIANTS") == "1" else ()
         _zig_build(target, variants, optimize, package_dir)
     shutil.copy2(NATIVE / "include" / "datago.h", package_dir / "datago.h")
     for vendor, names in LICENSES.items():
@@ -207,10 +209,10 @@ def build_wheels(out: Path, only: list[str]) -> list[Path]:
     built = []
     hook = "import sys, setuptools.build_meta as m; print(getattr(m, sys.argv[1])(sys.argv[2]))"
     for name in only or list(WHEELS):
-        # A release must not lose SIMD on any platform (codecs.zig).
-        env = {**os.environ, _WHEEL_ENV: name, "DATAGO_REQUIRE_SIMD": "1"}
+        # A release must not lose SIMD on any platform (codecs.zig), and
+        # ships the CPU variants.
+        env = {**os.environ, _WHEEL_ENV: name, "DATAGO_REQUIRE_SIMD": "1", "DATAGO_CPU_VARIANTS": "1"}
         env.pop("DATAGO_NATIVE_CPU", None)
-        env.pop("DATAGO_CPU_VARIANTS", None)
         started = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-c", hook, "build_wheel", str(out)], cwd=ROOT, env=env, check=True,
