@@ -25,7 +25,7 @@ __version__: str = _ffi.string(_lib.datago_version()).decode()
 def build_info() -> dict[str, object]:
     """How this libdatago was built: version, ABI, optimize mode, CPU target,
     decoders, and whether JPEG decoding uses SIMD ("jpeg_simd": "avx2",
-    "sse2" or "none"), plus where the library was loaded from."""
+    "sse2", "neon" or "none"), plus where the library was loaded from."""
     import json
 
     info = json.loads(_ffi.string(_lib.datago_build_info()).decode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -19,7 +20,8 @@ ABI_VERSION = 2
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_TREE = _PACKAGE_DIR.parent / "native"
-_LIBRARY_NAME = "libdatago.so"
+# The macOS wheels carry a Mach-O .dylib; everywhere else it is an ELF .so.
+_LIBRARY_NAME = "libdatago.dylib" if sys.platform == "darwin" else "libdatago.so"
 
 
 def header_to_cdef(text: str) -> str:
@@ -50,7 +52,8 @@ def _find(name: str, candidates: list[Path]) -> Path:
     raise DatagoError(f"cannot find {name} (looked at {tried}); reinstall datago with `pip install .`")
 
 
-# CPU features each optional variant needs (Linux /proc/cpuinfo flag names).
+# CPU features each optional variant needs (Linux /proc/cpuinfo flag names;
+# elsewhere there is no such file, and no variant is shipped).
 _VARIANTS = [("libdatago_x86_64_v3.so", {"avx", "avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"})]
 
 

@@ -300,7 +300,7 @@ def test_build_info_reports_the_decoders_and_simd() -> None:
     info = datago.build_info()
     assert info["abi"] == 2 and info["version"] == datago.__version__
     assert info["jpeg"].startswith("libjpeg-turbo 3.1.2") and info["webp"].startswith("libwebp")
-    assert info["jpeg_simd"] in {"avx2", "sse2", "none"}
+    assert info["jpeg_simd"] in {"avx2", "sse2", "neon", "none"}
     assert isinstance(info["jpeg_simd_built"], bool)
     if not info["jpeg_simd_built"]:
         assert info["jpeg_simd"] == "none"

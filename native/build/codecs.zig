@@ -4,17 +4,21 @@
 //!
 //! build.zig calls `options(b, target)` once, then `addTo(b, mod, opts)` for the
 //! module that imports src/decode/*.zig. Each codec becomes a static library
-//! (with its C shim) linked into that module.
+//! (with its C shim) linked into that module; `linkInto` links the same
+//! libraries into a second module (a CPU variant of libdatago).
 //!
 //! Build options:
-//! - `-Djpeg-simd=<bool>`: libjpeg-turbo's x86-64 NASM SIMD kernels (AVX2/SSE2,
-//!   chosen at run time by CPUID; measured 2.3x faster decode and 4.8x faster
-//!   encode than the C paths on 1 MP photos, identical pixels). Default: on when
-//!   the target is x86-64 Linux and `nasm` is on PATH. Without nasm the portable
-//!   C build (-DJT_NO_SIMD) is used and a loud warning is printed; with
-//!   `DATAGO_REQUIRE_SIMD=1` in the environment (release and CI builds) a missing
-//!   nasm (or an explicit `-Djpeg-simd=false`) fails the build instead, as does
-//!   an explicit `-Djpeg-simd=true` that cannot be honoured.
+//! - `-Djpeg-simd=<bool>`: libjpeg-turbo's SIMD kernels. On x86-64 (Linux ELF and
+//!   macOS Mach-O) these are its NASM kernels (AVX2/SSE2, chosen at run time by
+//!   CPUID; measured 2.3x faster decode and 4.8x faster encode than the C paths on
+//!   1 MP photos, identical pixels); on aarch64 (Linux and macOS) its Neon
+//!   intrinsics, plain C that needs no extra tool. Default: on for aarch64, and on
+//!   for x86-64 when `nasm` is on PATH. Without nasm the portable C build
+//!   (-DJT_NO_SIMD) is used and a loud warning is printed; with
+//!   `DATAGO_REQUIRE_SIMD=1` in the environment (release and CI builds) a build
+//!   without SIMD on a target that has it (missing nasm, or an explicit
+//!   `-Djpeg-simd=false`) fails instead, as does an explicit `-Djpeg-simd=true`
+//!   that cannot be honoured.
 //! - `-Dcodec-sanitize=<bool>`: fuzzing builds only; see `Options.sanitize`.
 //!
 //! Zig code sees the choice as `@import("build_options").jpeg_simd` (bool): `addTo`
@@ -31,9 +35,9 @@ pub const Options = struct {
     /// The directory that holds vendor/ and src/decode/ (native/). build.zig leaves
     /// the default; a scratch build elsewhere points it at the repository.
     root: std.Build.LazyPath,
-    /// Build libjpeg-turbo with its NASM SIMD kernels.
+    /// Build libjpeg-turbo with its SIMD kernels (which ones: `jpegSimdKind`).
     jpeg_simd: bool,
-    /// The nasm executable, when found on PATH.
+    /// The nasm executable, when the target's kernels need it and it is on PATH.
     nasm: ?[]const u8,
     /// Compile the vendored C and the shims with UBSan in trap mode instead of
     /// -fno-sanitize=undefined. For fuzzing builds only: vendored C with
@@ -47,27 +51,32 @@ pub fn options(b: *std.Build, target: std.Build.ResolvedTarget) Options {
     const requested = b.option(
         bool,
         "jpeg-simd",
-        "Build libjpeg-turbo with NASM SIMD (default: on for x86-64 Linux when nasm is found)",
+        "Build libjpeg-turbo with SIMD (default: on for aarch64, and for x86-64 when nasm is found)",
     );
-    const simd_target = target.result.cpu.arch == .x86_64 and target.result.os.tag == .linux;
-    const nasm = if (simd_target) b.findProgram(.{ .names = &.{"nasm"} }) else null;
+    const simd_kind = jpegSimdKind(target.result);
+    const nasm = if (simd_kind.needsNasm()) b.findProgram(.{ .names = &.{"nasm"} }) else null;
     const require_env = b.graph.environ_map.get("DATAGO_REQUIRE_SIMD");
     const require = if (require_env) |value| std.mem.eql(u8, value, "1") else false;
+    const available = switch (simd_kind) {
+        .none => false,
+        .neon => true,
+        .nasm_elf64, .nasm_macho64 => nasm != null,
+    };
 
-    const jpeg_simd = requested orelse (nasm != null);
-    if (jpeg_simd and nasm == null) {
+    const jpeg_simd = requested orelse available;
+    if (jpeg_simd and !available) {
         // Only reachable through an explicit -Djpeg-simd=true.
-        if (!simd_target) {
-            fail("-Djpeg-simd=true: the vendored SIMD is for x86-64 Linux (NASM) only", .{});
+        if (simd_kind == .none) {
+            fail("-Djpeg-simd=true: the vendored SIMD is for x86-64 and aarch64 Linux and macOS only", .{});
         }
         fail("-Djpeg-simd=true but `nasm` is not on PATH (apt-get install nasm)", .{});
     }
-    if (!jpeg_simd and simd_target and require) {
+    if (!jpeg_simd and simd_kind != .none and require) {
         if (requested != null) fail("DATAGO_REQUIRE_SIMD=1 contradicts -Djpeg-simd=false", .{});
         fail("DATAGO_REQUIRE_SIMD=1 but `nasm` is not on PATH: install it " ++
             "(apt-get install nasm), or unset DATAGO_REQUIRE_SIMD to build without SIMD", .{});
     }
-    if (!jpeg_simd and simd_target and requested == null) {
+    if (!jpeg_simd and simd_kind != .none and requested == null) {
         std.log.warn(
             \\
             \\==========================================================================
@@ -96,6 +105,35 @@ pub fn options(b: *std.Build, target: std.Build.ResolvedTarget) Options {
     };
 }
 
+/// Which of libjpeg-turbo's SIMD implementations a target gets, following its
+/// simd/CMakeLists.txt: NASM in the object format of the OS on x86-64, the Neon
+/// intrinsics (NEON_INTRINSICS, what CMake picks for Clang) on aarch64.
+pub const JpegSimdKind = enum {
+    none,
+    nasm_elf64,
+    nasm_macho64,
+    neon,
+
+    fn needsNasm(kind: JpegSimdKind) bool {
+        return kind == .nasm_elf64 or kind == .nasm_macho64;
+    }
+};
+
+pub fn jpegSimdKind(target: std.Target) JpegSimdKind {
+    return switch (target.cpu.arch) {
+        .x86_64 => switch (target.os.tag) {
+            .linux => .nasm_elf64,
+            .macos => .nasm_macho64,
+            else => .none,
+        },
+        .aarch64 => switch (target.os.tag) {
+            .linux, .macos => .neon,
+            else => .none,
+        },
+        else => .none,
+    };
+}
+
 /// Stops the configure phase with a message (no option listing, unlike an
 /// invalid -D option).
 fn fail(comptime format: []const u8, args: anytype) noreturn {
@@ -103,13 +141,25 @@ fn fail(comptime format: []const u8, args: anytype) noreturn {
     std.process.exit(1);
 }
 
-pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) void {
+pub fn addTo(b: *std.Build, mod: *std.Build.Module, opts: Options) Libraries {
     const target = mod.resolved_target orelse @panic("codecs.addTo: the module needs a target");
     const optimize = mod.optimize orelse .safe;
-    mod.linkLibrary(addJpeg(b, target, optimize, opts));
-    mod.linkLibrary(addWebp(b, target, optimize, opts));
-    mod.linkLibrary(addWuffs(b, target, optimize, opts));
-    mod.linkLibrary(addLibdeflate(b, target, optimize, opts));
+    const libs: Libraries = .{ .all = .{
+        addJpeg(b, target, optimize, opts),
+        addWebp(b, target, optimize, opts),
+        addWuffs(b, target, optimize, opts),
+        addLibdeflate(b, target, optimize, opts),
+    } };
+    linkInto(mod, libs, opts);
+    return libs;
+}
+
+/// The codec static libraries that `addTo` built, to link into another module
+/// (a CPU variant of libdatago) without compiling them a second time.
+pub const Libraries = struct { all: [4]*std.Build.Step.Compile };
+
+pub fn linkInto(mod: *std.Build.Module, libs: Libraries, opts: Options) void {
+    for (libs.all) |lib| mod.linkLibrary(lib);
     mod.addOptions("build_options", opts.build_options);
 }
 
@@ -195,6 +245,16 @@ const jpeg_nasm_includes = [_][]const u8{
     "x86_64/jdcolext-sse2.asm", "x86_64/jdmrgext-avx2.asm", "x86_64/jdmrgext-sse2.asm",
 };
 
+/// The Neon intrinsics build for aarch64 (simd/CMakeLists.txt with NEON_INTRINSICS):
+/// the dispatcher, the aarch64 Huffman encoder and the shared kernels. The
+/// *ext-neon.c files are #included by these, not compiled.
+const jpeg_neon_sources = [_][]const u8{
+    "arm/aarch64/jsimd.c", "arm/aarch64/jchuff-neon.c", "arm/jccolor-neon.c",  "arm/jcgray-neon.c",
+    "arm/jcphuff-neon.c",  "arm/jcsample-neon.c",       "arm/jdcolor-neon.c",  "arm/jdmerge-neon.c",
+    "arm/jdsample-neon.c", "arm/jfdctfst-neon.c",       "arm/jfdctint-neon.c", "arm/jidctfst-neon.c",
+    "arm/jidctint-neon.c", "arm/jidctred-neon.c",       "arm/jquanti-neon.c",
+};
+
 fn addJpeg(
     b: *std.Build,
     target: std.Build.ResolvedTarget,
@@ -216,17 +276,36 @@ fn addJpeg(
 
     if (opts.jpeg_simd) {
         const simd = vendor.path(b, "simd");
-        jmod.addCSourceFiles(.{ .root = simd, .files = &.{"x86_64/jsimd.c"}, .flags = flags });
-        const nasm = opts.nasm.?; // options() guarantees it when jpeg_simd is set.
-        for (jpeg_nasm_sources) |name| {
-            const run = b.addSystemCommand(&.{ nasm, "-f", "elf64", "-DELF", "-D__x86_64__", "-DPIC" });
-            run.addPrefixedDirectoryArg("-I", simd.path(b, "nasm"));
-            run.addPrefixedDirectoryArg("-I", simd.path(b, "x86_64"));
-            run.addFileArg(simd.path(b, b.fmt("x86_64/{s}.asm", .{name})));
-            run.addArg("-o");
-            const object = run.addOutputFileArg(b.fmt("{s}.o", .{name}));
-            for (jpeg_nasm_includes) |include| run.addFileInput(simd.path(b, include));
-            jmod.addObjectFile(object);
+        switch (jpegSimdKind(target.result)) {
+            .none => unreachable, // options() refuses jpeg_simd for such a target.
+            .neon => {
+                // gen/arm holds neon-compat.h, which the Neon sources include by
+                // bare name (CMake puts its configured copy on the include path).
+                jmod.addIncludePath(vendor.path(b, "gen/arm"));
+                const neon_flags = cFlags(b, opts, &.{ "-O3", "-DNEON_INTRINSICS" });
+                jmod.addCSourceFiles(.{ .root = simd, .files = &jpeg_neon_sources, .flags = neon_flags });
+            },
+            .nasm_elf64, .nasm_macho64 => |kind| {
+                jmod.addCSourceFiles(.{ .root = simd, .files = &.{"x86_64/jsimd.c"}, .flags = flags });
+                const nasm = opts.nasm.?; // options() guarantees it when jpeg_simd is set.
+                // The object format and its define, as libjpeg-turbo's CMake passes them.
+                const format: []const []const u8 = if (kind == .nasm_elf64)
+                    &.{ "-f", "elf64", "-DELF" }
+                else
+                    &.{ "-f", "macho64", "-DMACHO" };
+                for (jpeg_nasm_sources) |name| {
+                    const run = b.addSystemCommand(&.{nasm});
+                    run.addArgs(format);
+                    run.addArgs(&.{ "-D__x86_64__", "-DPIC" });
+                    run.addPrefixedDirectoryArg("-I", simd.path(b, "nasm"));
+                    run.addPrefixedDirectoryArg("-I", simd.path(b, "x86_64"));
+                    run.addFileArg(simd.path(b, b.fmt("x86_64/{s}.asm", .{name})));
+                    run.addArg("-o");
+                    const object = run.addOutputFileArg(b.fmt("{s}.o", .{name}));
+                    for (jpeg_nasm_includes) |include| run.addFileInput(simd.path(b, include));
+                    jmod.addObjectFile(object);
+                }
+            },
         }
     }
     return b.addLibrary(.{ .name = "datago_jpeg", .linkage = .static, .root_module = jmod });

@@ -635,8 +635,8 @@ pub fn decodePlanes(
     try check(dg_jpeg_decode_planes(bytes.ptr, bytes.len, scale_num, row_begin, row_end, &pointers, &stride, &report), &report, diag);
 }
 
-/// The SIMD level libjpeg-turbo uses on this CPU: "avx2", "sse2" or "none"
-/// (portable build, or JSIMD_FORCENONE=1; JSIMD_FORCESSE2=1 gives "sse2").
+/// The SIMD level libjpeg-turbo uses on this CPU: "avx2", "sse2", "neon" or
+/// "none" (portable build, or JSIMD_FORCENONE=1; JSIMD_FORCESSE2=1 gives "sse2").
 pub fn simdLevel() []const u8 {
     var flags = dg_jpeg_simd_flags();
     if (std.c.getenv("JSIMD_FORCENONE")) |v| if (std.mem.eql(u8, std.mem.span(v), "1")) {
@@ -647,5 +647,6 @@ pub fn simdLevel() []const u8 {
     };
     if (flags & 0x80 != 0) return "avx2";
     if (flags & 0x08 != 0) return "sse2";
+    if (flags & 0x10 != 0) return "neon";
     return "none";
 }

@@ -592,14 +592,19 @@ size_t dg_jpeg_struct_size(int which) {
 }
 
 /* The SIMD instruction sets libjpeg-turbo found on this CPU (JSIMD_SSE2 0x08,
- * JSIMD_AVX2 0x80), or 0 in the portable build. Its JSIMD_FORCE* environment
- * variables narrow the choice further at run time. */
-#ifdef WITH_SIMD
+ * JSIMD_NEON 0x10, JSIMD_AVX2 0x80), or 0 in the portable build. Its
+ * JSIMD_FORCE* environment variables narrow the choice further at run time. */
+#if defined(WITH_SIMD) && defined(__x86_64__)
 extern unsigned int jpeg_simd_cpu_support(void);
 #endif
 unsigned int dg_jpeg_simd_flags(void) {
-#ifdef WITH_SIMD
+#if defined(WITH_SIMD) && defined(__x86_64__)
   return jpeg_simd_cpu_support();
+#elif defined(WITH_SIMD) && defined(__aarch64__)
+  /* The aarch64 dispatcher has no flags getter; asking it whether a kernel
+   * runs gives the same answer, JSIMD_FORCENONE included. */
+  dg_init_simd();
+  return jsimd_can_idct_islow() ? 0x10 : 0;
 #else
   return 0;
 #endif
