@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,3 +112,20 @@ def plan(listing: list[str], rank: int = 0, world_size: int = 1, worker: int = 0
             j = rng.below(i + 1)
             share[i], share[j] = share[j], share[i]
     return share[worker::num_workers]
+
+
+def compile_c_example(name: str, out_dir: Path) -> Path:
+    """Builds examples/c/<name>.c with `python -m ziglang cc` (warnings as
+    errors) against datago.h and the library this package loads."""
+    from datago import _native
+
+    source = Path(__file__).resolve().parents[1] / "examples" / "c" / f"{name}.c"
+    out = out_dir / name
+    lib_dir = _native.library_path.parent
+    header_dir = Path(_native._header_path()).parent
+    command = [
+        sys.executable, "-m", "ziglang", "cc", "-std=c11", "-Wall", "-pedantic", "-Wextra", "-Werror", "-O1", "-g",
+        str(source), f"-I{header_dir}", f"-L{lib_dir}", "-ldatago", f"-Wl,-rpath,{lib_dir}", "-o", str(out),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    return out

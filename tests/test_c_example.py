@@ -7,28 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from datago import _native
-from support import noise_image
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "c" / "list_samples.c"
+from support import compile_c_example, noise_image
 
 
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("c") / "list_samples"
-    lib_dir = _native.library_path.parent
-    header_dir = Path(_native._header_path()).parent
-    command = [
-        sys.executable, "-m", "ziglang", "cc", "-std=c11", "-Wall", "-pedantic", "-Wextra", "-Werror", "-O1", "-g",
-        str(EXAMPLE), f"-I{header_dir}", f"-L{lib_dir}", "-ldatago", f"-Wl,-rpath,{lib_dir}", "-o", str(out),
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    return out
+    return compile_c_example("list_samples", tmp_path_factory.mktemp("c"))
 
 
 def folder(tmp_path: Path) -> Path:
