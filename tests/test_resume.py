@@ -286,3 +286,14 @@ def test_the_same_epoch_repeats_and_another_differs(folders) -> None:
         with open_client(config(root, 1, 2, seed=11, epoch=epoch)) as client:
             orders.append(names(client))
     assert orders[0] == orders[1] and orders[0] != orders[2] and sorted(orders[0]) == sorted(orders[2])
+
+
+def test_a_state_loaded_after_a_finished_pass_resumes_at_the_next_read(folders) -> None:
+    root = folders[13]
+    with open_client(config(root, seed=2)) as client:
+        head = names(take(client, 5))
+        state = client.state_dict()
+        rest = names(client)
+        assert client.get_sample() is None
+        client.load_state_dict(state)
+        assert names(client) == rest and len(head + rest) == 13

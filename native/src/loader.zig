@@ -165,7 +165,8 @@ pub const Loader = struct {
         }
         loader.restored = .{ .arena = arena, .state = state, .applied = applied, .pending = applied.resumes, .epoch = applied.epoch };
         loader.next_epoch = applied.epoch;
-        if (loader.state == .running) loader.state = .finished;
+        // The next `next` starts the resumed pass, as on a new loader.
+        loader.state = .new;
         log.info(.loader, "restored a state: epoch {d}{s}", .{ applied.epoch, if (applied.resumes) " resumes mid-epoch" else " from its start" });
     }
 
