@@ -15,6 +15,12 @@ pub fn build(b: *std.Build) void {
 
     // The tests' module: the Zig code with the codecs linked in.
     const mod = zigModule(b, target, optimize);
+    // The public header as Zig declarations, so abi_header_test.zig can
+    // check it against abi_types.zig. Tests only: translate-c is compiled
+    // on first use (about a minute on a cold cache), and the library must
+    // not wait for it.
+    const header = b.addTranslateC(.{ .root_source_file = b.path("include/datago.h"), .target = target, .optimize = optimize });
+    mod.addImport("datago_h", header.createModule());
     const codec_libs = codecs.addTo(b, mod, codec_options);
     addMuslCompat(b, mod);
 
@@ -62,10 +68,6 @@ fn zigModule(b: *std.Build, target: std.Build.ResolvedTarget, optimize: std.lang
         .pic = true,
     });
     mod.addIncludePath(b.path("include"));
-    // The public header as Zig declarations, so abi_header_test.zig can
-    // check it against abi_types.zig.
-    const header = b.addTranslateC(.{ .root_source_file = b.path("include/datago.h"), .target = target, .optimize = optimize });
-    mod.addImport("datago_h", header.createModule());
     return mod;
 }
 
