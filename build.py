@@ -18,7 +18,13 @@ The x86-64 Linux wheels also carry a library built for x86_64_v3 (AVX2, FMA,
 BMI2) beside the baseline one; the package loads it when the CPU has those
 features. A source build makes it only when asked (DATAGO_CPU_VARIANTS=1):
 it is a second compilation of all the Zig code, the longest step, for a
-~1.3x faster resize. Either way one `zig build` compiles the C codecs once.
+~1.3x faster resize. The C codecs are compiled once for both.
+
+The library is compiled by calling `zig build-lib`/`build-obj` directly
+(`_Zig`), not through `zig build`: on a cold cache `zig build` first compiles
+Zig's build runner, ~100 s on 2 cores, before any of our code. Both read the
+C codecs' files and flags from native/build/codecs.zon; `zig build`
+(native/build.zig) remains for the native tests and for C users.
 
 Environment: ZIG_GLOBAL_CACHE_DIR (shared Zig cache), DATAGO_OPTIMIZE
 (ReleaseSafe by default), DATAGO_NATIVE_CPU=1 (one library tuned for this
@@ -29,8 +35,12 @@ library; `wheels` always sets it).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -113,27 +123,229 @@ def _selected_target() -> Target:
     return WHEELS[name] if name else _host_target()
 
 
-def _zig_build(target: Target | None, variants: tuple[str, ...], optimize: str, out: Path) -> None:
-    """One `zig build` for `target` (None: this machine's CPU), its libraries
-    copied into `out`."""
-    command = [sys.executable, "-m", "ziglang", "build", f"-Doptimize={optimize}"]
-    library = target.library if target else "libdatago.so"
-    if target:
-        command += [f"-Dtarget={target.zig_target}", f"-Dcpu={target.cpu}"]
-    # One variant at most: build.zig takes one -Dvariant-cpu.
-    assert len(variants) <= 1, variants
-    command += [f"-Dvariant-cpu={cpu}" for cpu in variants]
-    with tempfile.TemporaryDirectory(prefix="datago-zig-") as prefix:
-        command += ["--prefix", prefix]
-        print(f"datago: building libdatago: {' '.join(command[2:])}", flush=True)
+def _read_zon(text: str) -> object:
+    """The subset of ZON that native/build/codecs.zon uses: structs, tuples,
+    strings, enum literals (as strings), true/false/null and // comments."""
+    token = re.compile(r'\s+|//[^\n]*|(\.\{)|(\})|(=)|(,)|("(?:[^"\\]|\\.)*")|\.([A-Za-z_]\w*)|(true|false|null)')
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = token.match(text, pos)
+        if match is None:
+            raise ValueError(f"codecs.zon: unexpected {text[pos:pos + 20]!r}")
+        pos = match.end()
+        kind = match.lastindex
+        if kind is not None:
+            tokens.append(("open close = , str name word".split()[kind - 1], match.group(kind)))
+    at = 0
+
+    def value() -> object:
+        nonlocal at
+        kind, text = tokens[at]
+        at += 1
+        if kind == "str":
+            return json.loads(text)  # Zig's escapes in this file (\" \\) are JSON's
+        if kind == "name":
+            return text
+        if kind == "word":
+            return {"true": True, "false": False, "null": None}[text]
+        if kind != "open":
+            raise ValueError(f"codecs.zon: unexpected {text!r}")
+        fields: dict[str, object] = {}
+        items: list[object] = []
+        while tokens[at][0] != "close":
+            if tokens[at][0] == "name" and tokens[at + 1][0] == "=":
+                name = tokens[at][1]
+                at += 2
+                fields[name] = value()
+            else:
+                items.append(value())
+            if tokens[at][0] == ",":
+                at += 1
+        at += 1
+        if fields and items:
+            raise ValueError("codecs.zon: a literal mixes fields and items")
+        return fields if fields else items
+
+    result = value()
+    if at != len(tokens):
+        raise ValueError("codecs.zon: text after the top-level value")
+    return result
+
+
+def _jpeg_simd(arch: str) -> bool:
+    """Whether libjpeg-turbo gets its SIMD kernels, decided as
+    native/build/codecs.zig `options` decides it for `zig build`."""
+    require = os.environ.get("DATAGO_REQUIRE_SIMD") == "1"
+    if arch == "aarch64":
+        return True
+    if arch != "x86_64":
+        return False
+    if shutil.which("nasm"):
+        return True
+    if require:
+        raise RuntimeError("DATAGO_REQUIRE_SIMD=1 but `nasm` is not on PATH: install it (apt-get install nasm), "
+                           "or unset DATAGO_REQUIRE_SIMD to build without SIMD")
+    print("\n".join([
+        "=" * 74,
+        " datago: `nasm` not found on PATH: building libjpeg-turbo WITHOUT SIMD.",
+        " JPEG decode will be about 2x slower and JPEG encode about 5x slower.",
+        " Install nasm (apt-get install nasm) and rebuild, or set",
+        " DATAGO_REQUIRE_SIMD=1 to make this an error.",
+        "=" * 74,
+    ]), file=sys.stderr, flush=True)
+    return False
+
+
+class _Zig:
+    """Compiles libdatago with direct `zig build-obj`/`build-lib` calls, from
+    the same description as `zig build` (native/build/codecs.zon for the C
+    codecs; the Zig module as native/build.zig declares it). A cold `zig build`
+    first compiles Zig's build runner, ~100 s of a 2-core machine: half of a
+    source build. Same flags, same objects; `zig build` stays for the native
+    tests."""
+
+    def __init__(self, target: Target | None, optimize: str, work: Path) -> None:
+        self.zig = [sys.executable, "-m", "ziglang"]
+        if target:
+            arch, os_name = target.zig_target.split("-")[:2]
+        else:
+            machine = platform.machine().lower()
+            arch, os_name = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine), sys.platform
+        self.arch, self.os = arch, os_name
+        self.zig_target = target.zig_target if target else None
+        self.cpu = target.cpu if target else "native"
+        self.target_args = self._cpu_args(None)
+        self.musl = bool(target and target.zig_target.endswith("-musl"))
+        self.optimize = optimize
+        self.work = work
+        # Zig's cache: C objects and the link are cached by Zig itself; the Zig
+        # module's object (written to a path of ours) by `_kept_zig_object`.
+        self.cache = NATIVE / ".zig-cache"
+        self.common = ["-O", optimize, "-fPIC", "-lc", "--cache-dir", str(self.cache)]
+        self.jpeg_simd = _jpeg_simd(arch)
+
+    def _cpu_args(self, cpu: str | None) -> list[str]:
+        """The target and CPU options; `cpu` replaces the target's CPU model."""
+        return [*(["-target", self.zig_target] if self.zig_target else []), "-mcpu", cpu or self.cpu]
+
+    def codecs_command(self, out: Path) -> list[str]:
+        """One static archive of every codec in codecs.zon that applies to
+        this target (nasm objects assembled here first)."""
+        spec = _read_zon((NATIVE / "build" / "codecs.zon").read_text())
+        assert isinstance(spec, dict)
+        args = ["build-lib", "-static", "--name", "datago_codecs", *self.common, *self.target_args, "-fno-sanitize-c"]
+        objects = []
+        for library in spec["libraries"]:
+            includes = [f"-I{NATIVE / path}" for path in library.get("include", [])]
+            for unit in library["units"]:
+                if unit.get("arch") not in (None, self.arch) or unit.get("simd") not in (None, self.jpeg_simd):
+                    continue
+                root = NATIVE / unit["root"]
+                if unit.get("nasm"):
+                    objects += self._assemble(unit, root)
+                    continue
+                flags = [*includes, *(f"-I{NATIVE / p}" for p in unit.get("include", [])), *unit.get("flags", []),
+                         *([] if self.jpeg_simd else library.get("simd_off_flags", [])), *spec["common_flags"]]
+                args += ["-cflags", *flags, "--", *(str(root / f) for f in unit["files"])]
+        return [*args, *objects, f"-femit-bin={out}"]
+
+    def _assemble(self, unit: dict, root: Path) -> list[str]:
+        formats = {"linux": ["-f", "elf64", "-DELF"], "macos": ["-f", "macho64", "-DMACHO"]}
+        nasm = shutil.which("nasm")
+        assert nasm and self.os in formats, "codecs.zon's nasm units need nasm (checked by _jpeg_simd)"
+        (self.work / "nasm").mkdir(exist_ok=True)
+        objects = []
+        for file in unit["files"]:
+            obj = self.work / "nasm" / (Path(file).stem + ".o")
+            includes = [f"-I{NATIVE / path}/" for path in unit.get("include", [])]
+            subprocess.run([nasm, *formats[self.os], *unit["flags"], *includes, str(root / file), "-o", str(obj)], check=True)
+            objects.append(str(obj))
+        return objects
+
+    def zig_object_command(self, cpu: str | None, out: Path) -> list[str]:
+        """The Zig code of libdatago (src/root.zig with its `build_options`)."""
+        options = self.work / "build_options.zig"
+        options.write_text(f"pub const jpeg_simd: bool = {'true' if self.jpeg_simd else 'false'};\n")
+        return ["build-obj", "--name", "datago_zig", *self.common, *self._cpu_args(cpu), "-I", "include",
+                "--dep", "build_options", "-Mroot=src/root.zig", f"-Mbuild_options={options}", f"-femit-bin={out}"]
+
+    def build(self, library: str, variants: tuple[str, ...], out: Path) -> None:
+        """libdatago (and one library per variant CPU) into `out`: the codec
+        archive and each Zig object compile at once, then each links."""
         started = time.monotonic()
-        subprocess.run(command, cwd=NATIVE, check=True)
-        print(f"datago: libdatago built in {time.monotonic() - started:.0f} s", flush=True)
+        codecs = self.work / "libdatago_codecs.a"
+        cpus: list[str | None] = [None, *variants]
+        objects = {cpu: self.work / f"zig-{cpu or 'base'}" / "datago_zig.o" for cpu in cpus}
+        # (what, process, output, where to keep the output once built)
+        jobs: list[tuple[str, subprocess.Popen[bytes], Path, Path | None]] = []
+
+        def start(what: str, command: list[str], output: Path, keep: Path | None = None) -> None:
+            jobs.append((what, subprocess.Popen([*self.zig, *command], cwd=NATIVE), output, keep))
+
+        start("C codecs", self.codecs_command(codecs), codecs)
+        for cpu in cpus:
+            objects[cpu].parent.mkdir()
+            command = self.zig_object_command(cpu, objects[cpu])
+            kept = self._kept_zig_object(command)
+            if kept.exists():
+                shutil.copy2(kept, objects[cpu])
+                print(f"datago: the Zig code ({cpu or 'base'} CPU) is unchanged since the last build", flush=True)
+            else:
+                start(f"Zig code ({cpu or 'base'} CPU)", command, objects[cpu], kept)
+        try:
+            for what, process, output, keep in jobs:
+                if process.wait() != 0:
+                    raise RuntimeError(f"datago: compiling the {what} failed (Zig's message is above)")
+                print(f"datago: compiled the {what} at {time.monotonic() - started:.0f} s", flush=True)
+                if keep is not None:
+                    self._keep(output, keep)
+        finally:
+            for _, process, _, _ in jobs:
+                if process.poll() is None:
+                    process.kill()
+        extra = [self._musl_compat()] if self.musl else []
         suffix = Path(library).suffix
-        for name in [library, *[f"libdatago_{cpu}{suffix}" for cpu in variants]]:
-            shutil.copy2(Path(prefix) / "lib" / name, out / name)
-            if target and target.musl_libc:
-                _set_musl_libc(out / name, target.musl_libc)
+        for cpu in cpus:
+            name = "datago" if cpu is None else f"datago_{cpu}"
+            # As `zig build` names a macOS library: found through the rpath.
+            install_name = ["-install_name", f"@rpath/lib{name}{suffix}"] if self.os == "macos" else []
+            subprocess.run([*self.zig, "build-lib", "-dynamic", "--name", name, *self.common, *self._cpu_args(cpu),
+                            *install_name, str(objects[cpu]), str(codecs), *extra,
+                            f"-femit-bin={out / f'lib{name}{suffix}'}"], cwd=NATIVE, check=True)
+        print(f"datago: libdatago built in {time.monotonic() - started:.0f} s", flush=True)
+
+    def _musl_compat(self) -> str:
+        """src/compat/musl_statx.c as an object (an archive member would lose
+        to libc's statx)."""
+        out = self.work / "musl_compat.o"
+        subprocess.run([*self.zig, "build-obj", "--name", "datago_musl_compat", *self.common, *self.target_args,
+                        "-cflags", "-O2", "-fno-sanitize=undefined", "--", "src/compat/musl_statx.c",
+                        f"-femit-bin={out}"], cwd=NATIVE, check=True)
+        return str(out)
+
+    def _keep(self, built: Path, kept: Path, keep_last: int = 4) -> None:
+        """Keeps a Zig object for the next build, and only the last few: each
+        is ~20 MB, and an edit-build loop makes one per edit."""
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, kept)
+        older = sorted(kept.parent.parent.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)
+        for stale in older[keep_last:]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _kept_zig_object(self, command: list[str]) -> Path:
+        """Where the Zig object that `command` makes is kept between builds.
+        Zig caches C objects itself, but not a Zig module emitted to a path of
+        ours. The key: Zig's version, the command (without our scratch folder)
+        and every file the module can import (src/**/*.zig: it imports no C
+        header)."""
+        digest = hashlib.sha256(importlib.metadata.version("ziglang").encode() + b"\0")
+        for arg in command:
+            digest.update(arg.replace(str(self.work), "").encode() + b"\0")
+        digest.update((self.work / "build_options.zig").read_bytes())
+        for path in sorted((NATIVE / "src").rglob("*.zig")):
+            digest.update(str(path.relative_to(NATIVE)).encode() + b"\0" + path.read_bytes())
+        return self.cache / "datago-zig-objects" / digest.hexdigest()[:32] / "datago_zig.o"
 
 
 def _set_musl_libc(library: Path, soname: str) -> None:
@@ -158,11 +370,15 @@ def build_native(package_dir: Path, target: Target | None = None) -> None:
     # `wheels` builds one wheel after another) must not keep the last one's.
     for stale in [*package_dir.glob("libdatago*.so"), *package_dir.glob("libdatago*.dylib")]:
         stale.unlink()
-    if os.environ.get("DATAGO_NATIVE_CPU") == "1":
-        _zig_build(None, (), optimize, package_dir)
-    else:
-        variants = target.variants if os.environ.get("DATAGO_CPU_VARIANTS") == "1" else ()
-        _zig_build(target, variants, optimize, package_dir)
+    native = os.environ.get("DATAGO_NATIVE_CPU") == "1"
+    variants = target.variants if os.environ.get("DATAGO_CPU_VARIANTS") == "1" and not native else ()
+    built = None if native else target
+    with tempfile.TemporaryDirectory(prefix="datago-zig-") as work:
+        print(f"datago: building libdatago for {target.zig_target if built else 'this machine'}", flush=True)
+        _Zig(built, optimize, Path(work)).build(target.library if built else "libdatago.so", variants, package_dir)
+    if built and built.musl_libc:
+        for library in [package_dir / target.library, *(package_dir / f"libdatago_{cpu}.so" for cpu in variants)]:
+            _set_musl_libc(library, built.musl_libc)
     shutil.copy2(NATIVE / "include" / "datago.h", package_dir / "datago.h")
     for vendor, names in LICENSES.items():
         folder = package_dir / "_licenses" / vendor

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import runpy
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -256,6 +254,7 @@ def check_sdist(sdist: Path, install: bool, work: Path) -> str:
     with tarfile.open(sdist) as archive:
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
     needed = {"build.py", "setup.py", "pyproject.toml", "native/build.zig", "native/build/codecs.zig",
+              "native/build/codecs.zon", "native/src/decode/webp_config/src/webp/config.h",
               "native/include/datago.h", "datago/_native.py", "examples/c/list_samples.c"}
     needed |= {f"native/vendor/{vendor}/{file}" for vendor, files in LICENSES.items() for file in files}
     check(needed <= names, f"sdist: missing {sorted(needed - names)}")
