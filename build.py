@@ -365,6 +365,7 @@ def build_native(package_dir: Path, target: Target | None = None) -> None:
     licences into `package_dir` (a `datago/` folder)."""
     target = target or _selected_target()
     optimize = os.environ.get("DATAGO_OPTIMIZE", "ReleaseSafe")
+    package_dir = package_dir.resolve()  # zig runs in native/
     package_dir.mkdir(parents=True, exist_ok=True)
     # A folder reused for another platform (setuptools' build/lib, when
     # `wheels` builds one wheel after another) must not keep the last one's.
