@@ -208,7 +208,8 @@ class _Zig:
     def __init__(self, target: Target | None, optimize: str, work: Path) -> None:
         self.zig = [sys.executable, "-m", "ziglang"]
         if target:
-            arch, os_name = target.zig_target.split("-")[:2]
+            arch, os_version = target.zig_target.split("-")[:2]
+            os_name = os_version.split(".")[0]  # macos.11.0: the OS and its minimum version
         else:
             machine = platform.machine().lower()
             arch, os_name = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine), sys.platform
@@ -237,15 +238,16 @@ class _Zig:
         args = ["build-lib", "-static", "--name", "datago_codecs", *self.common, *self.target_args, "-fno-sanitize-c"]
         objects = []
         for library in spec["libraries"]:
-            includes = [f"-I{NATIVE / path}" for path in library.get("include", [])]
+            # Paths relative to native/, where zig runs: no build folder in the binary.
+            includes = [f"-I{path}" for path in library.get("include", [])]
             for unit in library["units"]:
                 if unit.get("arch") not in (None, self.arch) or unit.get("simd") not in (None, self.jpeg_simd):
                     continue
-                root = NATIVE / unit["root"]
+                root = Path(unit["root"])
                 if unit.get("nasm"):
                     objects += self._assemble(unit, root)
                     continue
-                flags = [*includes, *(f"-I{NATIVE / p}" for p in unit.get("include", [])), *unit.get("flags", []),
+                flags = [*includes, *(f"-I{p}" for p in unit.get("include", [])), *unit.get("flags", []),
                          *([] if self.jpeg_simd else library.get("simd_off_flags", [])), *spec["common_flags"]]
                 args += ["-cflags", *flags, "--", *(str(root / f) for f in unit["files"])]
         return [*args, *objects, f"-femit-bin={out}"]
@@ -258,15 +260,18 @@ class _Zig:
         objects = []
         for file in unit["files"]:
             obj = self.work / "nasm" / (Path(file).stem + ".o")
-            includes = [f"-I{NATIVE / path}/" for path in unit.get("include", [])]
-            subprocess.run([nasm, *formats[self.os], *unit["flags"], *includes, str(root / file), "-o", str(obj)], check=True)
+            includes = [f"-I{path}/" for path in unit.get("include", [])]
+            subprocess.run([nasm, *formats[self.os], *unit["flags"], *includes, str(root / file), "-o", str(obj)],
+                           cwd=NATIVE, check=True)
             objects.append(str(obj))
         return objects
 
     def zig_object_command(self, cpu: str | None, out: Path) -> list[str]:
         """The Zig code of libdatago (src/root.zig with its `build_options`)."""
-        options = self.work / "build_options.zig"
-        options.write_text(f"pub const jpeg_simd: bool = {'true' if self.jpeg_simd else 'false'};\n")
+        # In a fixed place (its path ends up in the debug info): same inputs, same library.
+        options = Path(".zig-cache") / "datago-build-options" / f"jpeg-simd-{str(self.jpeg_simd).lower()}" / "build_options.zig"
+        (NATIVE / options).parent.mkdir(parents=True, exist_ok=True)
+        (NATIVE / options).write_text(f"pub const jpeg_simd: bool = {'true' if self.jpeg_simd else 'false'};\n")
         return ["build-obj", "--name", "datago_zig", *self.common, *self._cpu_args(cpu), "-I", "include",
                 "--dep", "build_options", "-Mroot=src/root.zig", f"-Mbuild_options={options}", f"-femit-bin={out}"]
 
@@ -342,7 +347,7 @@ class _Zig:
         digest = hashlib.sha256(importlib.metadata.version("ziglang").encode() + b"\0")
         for arg in command:
             digest.update(arg.replace(str(self.work), "").encode() + b"\0")
-        digest.update((self.work / "build_options.zig").read_bytes())
+        digest.update(f"jpeg_simd={self.jpeg_simd}".encode())
         for path in sorted((NATIVE / "src").rglob("*.zig")):
             digest.update(str(path.relative_to(NATIVE)).encode() + b"\0" + path.read_bytes())
         return self.cache / "datago-zig-objects" / digest.hexdigest()[:32] / "datago_zig.o"
