@@ -46,10 +46,10 @@ def pip_install(variants: bool) -> dict[str, float]:
             env["DATAGO_CPU_VARIANTS"] = "1"
         started = time.monotonic()
         result = subprocess.run([str(scratch / "venv" / "bin" / "pip"), "install", "-v", "."], cwd=scratch / "datago",
-                                env=env, capture_output=True, text=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         took = time.monotonic() - started
         if result.returncode != 0:
-            sys.exit(result.stdout[-4000:] + result.stderr[-4000:])
+            sys.exit(result.stdout[-8000:])
         figures = {"pip install .": took}
         for what, at in re.findall(r"datago: compiled the (.+?) at (\d+) s", result.stdout):
             figures[f"  {what} done at"] = float(at)
