@@ -33,11 +33,11 @@ test "constants agree" {
             for (lower, 0..) |ch, i| upper[i] = std.ascii.toUpper(ch);
             break :blk "DATAGO_" ++ upper;
         };
-        try std.testing.expectEqual(@as(c_int, @field(c, name)), @intFromEnum(tag));
+        try std.testing.expectEqual(@as(c_int, @field(c, name)), @backingInt(tag));
     }
-    try std.testing.expectEqual(@as(c_int, c.DATAGO_ENCODING_JPEG), @intFromEnum(types.Encoding.jpeg));
-    try std.testing.expectEqual(@as(c_int, c.DATAGO_ENCODING_PNG), @intFromEnum(types.Encoding.png));
-    try std.testing.expectEqual(@as(c_int, c.DATAGO_SOURCE_MEMORY), @intFromEnum(types.SourceKind.memory));
-    try std.testing.expectEqual(@as(c_int, c.DATAGO_SOURCE_FILE), @intFromEnum(types.SourceKind.file));
+    try std.testing.expectEqual(@as(c_int, c.DATAGO_ENCODING_JPEG), @backingInt(types.Encoding.jpeg));
+    try std.testing.expectEqual(@as(c_int, c.DATAGO_ENCODING_PNG), @backingInt(types.Encoding.png));
+    try std.testing.expectEqual(@as(c_int, c.DATAGO_SOURCE_MEMORY), @backingInt(types.SourceKind.memory));
+    try std.testing.expectEqual(@as(c_int, c.DATAGO_SOURCE_FILE), @backingInt(types.SourceKind.file));
     try std.testing.expectEqual(@sizeOf(c_int), @sizeOf(c.datago_status));
 }

@@ -69,7 +69,7 @@ pub const Image = extern struct {
     original_height: i32 = 0,
     channels: i32 = 0,
     bit_depth: i32 = 0,
-    encoding: i32 = @intFromEnum(Encoding.raw),
+    encoding: i32 = @backingInt(Encoding.raw),
     stride_bytes: u32 = 0,
     crop_left: f64 = 0,
     crop_top: f64 = 0,
@@ -91,7 +91,7 @@ pub const Latent = extern struct {
 
 pub const Sample = extern struct {
     size: u32 = @sizeOf(Sample),
-    source_kind: i32 = @intFromEnum(SourceKind.file),
+    source_kind: i32 = @backingInt(SourceKind.file),
     id: Str = .{},
     source: Str = .{},
     attributes_json: Str = .{},

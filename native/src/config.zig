@@ -144,9 +144,9 @@ pub const dataroom_downloads_max: u16 = 128;
 
 /// The string keys of `Dataroom`, in the order the spec lists them.
 pub const dataroom_string_keys = [_][]const u8{
-    "sources",        "sources_ne",       "tags",      "tags_all",    "tags_ne",
-    "tags_ne_all",    "tags_empty",       "has_attributes", "lacks_attributes",
-    "has_masks",      "lacks_masks",      "has_latents", "lacks_latents", "attributes",
+    "sources",     "sources_ne",  "tags",           "tags_all",         "tags_ne",
+    "tags_ne_all", "tags_empty",  "has_attributes", "lacks_attributes", "has_masks",
+    "lacks_masks", "has_latents", "lacks_latents",  "attributes",
 };
 pub const dataroom_int_keys = [_][]const u8{ "min_short_edge", "max_short_edge", "min_pixel_count", "max_pixel_count", "duplicate_state" };
 
@@ -412,11 +412,11 @@ const Parser = struct {
             },
         }
         try p.collectUnknown(object, "", &.{
-            "source_type",          "source_config",      "image_config", "limit",
-            "samples_buffer_size",  "prefetch_buffer_size", "num_threads", "timeout_s",
-            "max_pixels",           "max_error_fraction", "batch_size",   "drop_last",
-            "worker_id",            "num_workers",          "epoch",        "log_interval_s",
-            "collect_stats",        "equal_per_rank",
+            "source_type",         "source_config",        "image_config", "limit",
+            "samples_buffer_size", "prefetch_buffer_size", "num_threads",  "timeout_s",
+            "max_pixels",          "max_error_fraction",   "batch_size",   "drop_last",
+            "worker_id",           "num_workers",          "epoch",        "log_interval_s",
+            "collect_stats",       "equal_per_rank",
         });
         return config;
     }
@@ -505,10 +505,10 @@ const Parser = struct {
             wds.shuffle_buffer = n;
         }
         try p.collectUnknown(object, prefix, &.{
-            "url",                  "reference_image_type", "random_sampling", "seed",
-            "rank",                 "world_size",           "concurrent_downloads", "max_concurrency",
-            "auth_token",           "headers",              "ca_bundle",       "rank_split",
-            "read_timeout_s",       "connect_timeout_s",    "cache_dir",       "cache_max_bytes",
+            "url",            "reference_image_type", "random_sampling",      "seed",
+            "rank",           "world_size",           "concurrent_downloads", "max_concurrency",
+            "auth_token",     "headers",              "ca_bundle",            "rank_split",
+            "read_timeout_s", "connect_timeout_s",    "cache_dir",            "cache_max_bytes",
             "shuffle_buffer",
         });
         return wds;
@@ -579,8 +579,8 @@ const Parser = struct {
         // `return_latents` is derived (compatibility.md §4.5); the reference
         // ignores the key, so it stays known and silent.
         try p.collectUnknown(object, prefix, &(dataroom_string_keys ++ dataroom_int_keys ++ [_][]const u8{
-            "page_size",        "require_images", "require_embeddings", "random_sampling", "seed",
-            "rank",             "world_size",     "concurrent_downloads", "read_timeout_s", "connect_timeout_s",
+            "page_size",      "require_images", "require_embeddings",   "random_sampling", "seed",
+            "rank",           "world_size",     "concurrent_downloads", "read_timeout_s",  "connect_timeout_s",
             "return_latents",
         }));
         return db;
@@ -658,9 +658,9 @@ const Parser = struct {
         }
         if (image.crop_and_resize) try p.checkBuckets(image);
         try p.collectUnknown(object, prefix, &.{
-            "crop_and_resize",   "default_image_size", "downsampling_ratio", "min_aspect_ratio",
-            "max_aspect_ratio",  "pre_encode_images",  "image_to_rgb8",      "encode_format",
-            "jpeg_quality",      "mask_resample",      "exif_transpose",     "dct_scaling",
+            "crop_and_resize",  "default_image_size", "downsampling_ratio", "min_aspect_ratio",
+            "max_aspect_ratio", "pre_encode_images",  "image_to_rgb8",      "encode_format",
+            "jpeg_quality",     "mask_resample",      "exif_transpose",     "dct_scaling",
             "dct_scale_margin",
         });
         return image;
@@ -686,9 +686,9 @@ const Parser = struct {
             .min_aspect_ratio = image.min_aspect_ratio,
             .max_aspect_ratio = image.max_aspect_ratio,
         })) return p.fail("image_config.default_image_size: no bucket fits: {d}/{d} gives a {d}x{d}-patch grid with no aspect ratio between {d} and {d}; widen the aspect range or raise default_image_size", .{
-            image.default_image_size, image.downsampling_ratio,
+            image.default_image_size,                            image.downsampling_ratio,
             image.default_image_size / image.downsampling_ratio, image.default_image_size / image.downsampling_ratio,
-            image.min_aspect_ratio, image.max_aspect_ratio,
+            image.min_aspect_ratio,                              image.max_aspect_ratio,
         });
         const max_ratio = 1024.0;
         if (image.max_aspect_ratio > max_ratio or image.min_aspect_ratio < 1.0 / max_ratio)

@@ -20,8 +20,8 @@ pub const Level = enum(u8) {
 
     pub fn parse(text: []const u8) ?Level {
         const names = [_]struct { []const u8, Level }{
-            .{ "off", .off },     .{ "error", .err }, .{ "warn", .warn },     .{ "warning", .warn },
-            .{ "info", .info },   .{ "debug", .debug }, .{ "trace", .trace },
+            .{ "off", .off },   .{ "error", .err },   .{ "warn", .warn },   .{ "warning", .warn },
+            .{ "info", .info }, .{ "debug", .debug }, .{ "trace", .trace },
         };
         for (names) |entry| if (std.ascii.eqlIgnoreCase(text, entry[0])) return entry[1];
         return null;
@@ -42,7 +42,7 @@ pub const Level = enum(u8) {
 pub const Scope = enum { loader, files, decode, pipeline, image };
 
 var installed: std.atomic.Value(bool) = .init(false);
-var max_level: std.atomic.Value(u8) = .init(@intFromEnum(Level.warn));
+var max_level: std.atomic.Value(u8) = .init(@backingInt(Level.warn));
 var write_mutex: std.Io.Mutex = .init;
 
 /// Captured lines wait here for the host (Python forwards them to its
@@ -137,7 +137,7 @@ pub fn readCaptured(timeout_ms: i64, out: []u8, dropped: *u64) usize {
         const need = 2 + scope.len + 1 + line.len + 1;
         if (written + need > out.len) break;
         var w: std.Io.Writer = .fixed(out[written..]);
-        w.print("{d}\t{s}\t{s}\n", .{ @intFromEnum(line.level), scope, line.text[0..line.len] }) catch break;
+        w.print("{d}\t{s}\t{s}\n", .{ @backingInt(line.level), scope, line.text[0..line.len] }) catch break;
         written += need;
         capture_head = (capture_head + 1) % capture_lines_max;
         capture_len -= 1;
@@ -176,7 +176,7 @@ pub fn install(level: ?[]const u8) InstallError!bool {
     var chosen: Level = .err;
     if (level) |text| chosen = Level.parse(text) orelse return error.UnknownLevel;
     if (installed.swap(true, .acq_rel)) return false;
-    max_level.store(@intFromEnum(envLevel() orelse chosen), .release);
+    max_level.store(@backingInt(envLevel() orelse chosen), .release);
     return true;
 }
 
@@ -184,7 +184,7 @@ pub fn install(level: ?[]const u8) InstallError!bool {
 /// start tries to).
 pub fn ensureInstalled() void {
     if (installed.swap(true, .acq_rel)) return;
-    max_level.store(@intFromEnum(envLevel() orelse .warn), .release);
+    max_level.store(@backingInt(envLevel() orelse .warn), .release);
 }
 
 fn envLevel() ?Level {
@@ -215,7 +215,7 @@ pub fn parseFilter(text: []const u8) Level {
 }
 
 pub fn enabled(level: Level) bool {
-    return @intFromEnum(level) <= max_level.load(.acquire) and level != .off;
+    return @backingInt(level) <= max_level.load(.acquire) and level != .off;
 }
 
 /// Formats one line and writes it to stderr, or to the capture queue when
@@ -276,8 +276,8 @@ fn writeTimestamp(w: *std.Io.Writer, unix_seconds: u64) !void {
     const month_day = day.calculateMonthDay();
     const time = epoch_seconds.getDaySeconds();
     try w.print("[{d:0>4}-{d:0>2}-{d:0>2}T{d:0>2}:{d:0>2}:{d:0>2}Z", .{
-        day.year,                       month_day.month.numeric(),  month_day.day_index + 1,
-        time.getHoursIntoDay(),         time.getMinutesIntoHour(), time.getSecondsIntoMinute(),
+        day.year,               month_day.month.numeric(), month_day.day_index + 1,
+        time.getHoursIntoDay(), time.getMinutesIntoHour(), time.getSecondsIntoMinute(),
     });
 }
 
@@ -323,7 +323,7 @@ test "timestamps are ISO 8601 in UTC" {
 test "captured lines queue, drop the oldest when full, and read back whole" {
     setCapture(true);
     defer setCapture(false);
-    const saved = max_level.swap(@intFromEnum(Level.info), .acq_rel);
+    const saved = max_level.swap(@backingInt(Level.info), .acq_rel);
     defer max_level.store(saved, .release);
     for (0..capture_lines_max + 3) |i| write(.info, .files, "line {d}\nsplit", .{i});
     var out: [50]u8 = undefined; // room for two 21-byte lines

@@ -1001,7 +1001,6 @@ pub const Pass = struct {
     }
 };
 
-
 fn orderU64(a: u64, b: u64) std.math.Order {
     return std.math.order(a, b);
 }

@@ -60,7 +60,7 @@ pub const Pixels = struct {
             .original_height = @intCast(self.original_height),
             .channels = if (raw) self.channels else -1,
             .bit_depth = self.bit_depth,
-            .encoding = @intFromEnum(self.encoding),
+            .encoding = @backingInt(self.encoding),
             .stride_bytes = if (raw) @intCast(@as(u64, self.width) * self.channels * (self.bit_depth / 8)) else 0,
             .crop_left = self.crop[0],
             .crop_top = self.crop[1],
@@ -248,7 +248,7 @@ pub fn build(gpa: Allocator, parts: Parts) Allocator.Error!*Owned {
     };
     main = null; // owned now
     owned.c = .{
-        .source_kind = @intFromEnum(parts.kind),
+        .source_kind = @backingInt(parts.kind),
         .id = .of(id),
         .source = .of(source),
         .attributes_json = .of(attributes),

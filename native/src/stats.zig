@@ -250,8 +250,15 @@ test "bucket edges are increasing" {
 
 test "stats serialise as JSON" {
     var snapshot: Snapshot = .{
-        .counters = .{}, .epoch = 1, .threads = 2, .running = true, .ready = 3,
-        .ready_capacity = 8, .in_flight = 1, .plan_len = 10, .elapsed_ns = 1_500_000_000,
+        .counters = .{},
+        .epoch = 1,
+        .threads = 2,
+        .running = true,
+        .ready = 3,
+        .ready_capacity = 8,
+        .in_flight = 1,
+        .plan_len = 10,
+        .elapsed_ns = 1_500_000_000,
     };
     snapshot.counters.by_cause.set(.corrupt, 3);
     snapshot.counters.stages.getPtr(.decode).add(2_000_000);

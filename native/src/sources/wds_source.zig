@@ -961,9 +961,8 @@ test "a stream delivers every sample with its attributes and skips broken shards
     var tmp = testing.tmpDir(.{});
     defer tmp.cleanup();
     const good = try testTar(gpa, &.{
-        .{ "a/x.jpg", "X" }, .{ "a/x.txt", "hi" }, .{ "a/x.seg.png", "P" }, .{ "a/x.cls", "3" },
-        .{ "a/n.txt", "no image" },
-        .{ "a/y.jpg", "Y" },
+        .{ "a/x.jpg", "X" },        .{ "a/x.txt", "hi" }, .{ "a/x.seg.png", "P" }, .{ "a/x.cls", "3" },
+        .{ "a/n.txt", "no image" }, .{ "a/y.jpg", "Y" },
     });
     defer gpa.free(good);
     try tmp.dir.writeFile(io, .{ .sub_path = "s-0.tar", .data = good });

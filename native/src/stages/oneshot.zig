@@ -60,4 +60,3 @@ pub fn transform(
     done = 0;
     return built;
 }
-
