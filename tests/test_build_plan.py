@@ -144,3 +144,17 @@ def test_the_zig_object_is_rebuilt_when_a_zig_source_changes(tmp_path, monkeypat
     assert zig._kept_zig_object(zig.zig_object_command("x86_64_v3", tmp_path / "work" / "v3.o")) != first
     (src / "root.zig").write_text("pub fn b() void {}\n")
     assert zig._kept_zig_object(command) != first
+
+
+def test_without_nasm_the_build_warns_or_with_require_simd_refuses(monkeypatch, capsys) -> None:
+    jpeg_simd = BUILD["_jpeg_simd"]
+    monkeypatch.setattr(BUILD["_Zig"].__init__.__globals__["shutil"], "which", lambda name: None)
+    monkeypatch.delenv("DATAGO_REQUIRE_SIMD", raising=False)
+    assert jpeg_simd("x86_64") is False
+    assert "WITHOUT SIMD" in capsys.readouterr().err
+    assert jpeg_simd("aarch64") is True  # Neon intrinsics: plain C, no tool needed
+    monkeypatch.setenv("DATAGO_REQUIRE_SIMD", "1")
+    with pytest.raises(RuntimeError, match="nasm"):
+        jpeg_simd("x86_64")
+    monkeypatch.setattr(BUILD["_Zig"].__init__.__globals__["shutil"], "which", lambda name: "/usr/bin/nasm")
+    assert jpeg_simd("x86_64") is True
