@@ -348,9 +348,24 @@ class _Zig:
         for arg in command:
             digest.update(arg.replace(str(self.work), "").encode() + b"\0")
         digest.update(f"jpeg_simd={self.jpeg_simd}".encode())
+        if self.cpu == "native":
+            # `-mcpu native` names no CPU: the key must, or a cache shared by
+            # machines (an NFS checkout) would hand one the other's object.
+            digest.update(_host_cpu_features().encode())
         for path in sorted((NATIVE / "src").rglob("*.zig")):
             digest.update(str(path.relative_to(NATIVE)).encode() + b"\0" + path.read_bytes())
         return self.cache / "datago-zig-objects" / digest.hexdigest()[:32] / "datago_zig.o"
+
+
+def _host_cpu_features() -> str:
+    """What `-mcpu native` compiles for, as far as the kernel says: the CPU's
+    model and feature flags (empty where /proc/cpuinfo is missing)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
 
 
 def _set_musl_libc(library: Path, soname: str) -> None:

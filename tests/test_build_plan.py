@@ -158,3 +158,20 @@ def test_without_nasm_the_build_warns_or_with_require_simd_refuses(monkeypatch, 
         jpeg_simd("x86_64")
     monkeypatch.setattr(BUILD["_Zig"].__init__.__globals__["shutil"], "which", lambda name: "/usr/bin/nasm")
     assert jpeg_simd("x86_64") is True
+
+
+def test_a_native_cpu_object_is_kept_per_host_cpu(tmp_path, monkeypatch) -> None:
+    src = tmp_path / "native" / "src"
+    src.mkdir(parents=True)
+    (src / "root.zig").write_text("pub fn a() void {}\n")
+    build_globals = BUILD["_Zig"].__init__.__globals__
+    monkeypatch.setitem(build_globals, "NATIVE", tmp_path / "native")
+    monkeypatch.setitem(build_globals, "_jpeg_simd", lambda arch: True)
+    (tmp_path / "work").mkdir()
+    zig = BUILD["_Zig"](None, "ReleaseSafe", tmp_path / "work")
+    command = zig.zig_object_command(None, tmp_path / "work" / "zig-base" / "datago_zig.o")
+    assert command[command.index("-mcpu") + 1] == "native" and "-target" not in command
+    monkeypatch.setitem(build_globals, "_host_cpu_features", lambda: "flags: sse2 avx2")
+    first = zig._kept_zig_object(command)
+    monkeypatch.setitem(build_globals, "_host_cpu_features", lambda: "flags: sse2 avx2 avx512f")
+    assert zig._kept_zig_object(command) != first
