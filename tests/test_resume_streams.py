@@ -132,6 +132,23 @@ def test_resuming_inside_an_http_shard_asks_for_the_rest_with_range(tmp_path: Pa
         assert lane["shard"] == 0 and lane["offset"] == offset
 
 
+def test_a_resumed_pass_whose_remaining_shards_all_fail_raises(tmp_path: Path) -> None:
+    # A checkpoint is kept every 64 samples: after 140 the state resumes
+    # from sample 128, inside the second shard. The first shard is done and
+    # is not read again; every shard the resumed pass reads fails.
+    shards = make_shards(tmp_path, 3, 70)
+    config = wds(str(tmp_path / "shard-{000..002}.tar"), concurrent_downloads=1)
+    with datago.DatagoClient(config) as client:
+        assert len(take(client, 140)) == 140
+        state = client.state_dict()
+    assert state["levels"][0]["parts"][0]["stream"]["lanes"][0]["shard"] == 1
+    for shard in shards[1:]:
+        shard.path.write_bytes(b"<html>not a tar</html>\n" * 200)
+    with datago.DatagoClient(config, state=state) as resumed:
+        with pytest.raises(datago.SourceError, match="every WebDataset shard left after the resume point failed \\(2\\)"):
+            list(resumed)
+
+
 @pytest.fixture
 def dataroom(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataroomServer]:
     with DataroomServer(seed=3) as s:

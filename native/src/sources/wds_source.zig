@@ -17,7 +17,8 @@
 //! one; the groups delivered before the fault stay delivered, and the rest
 //! of that shard is lost. A group without an image is logged (at most
 //! `logged_groups_max` WARN lines per pass) and counted. When every shard of
-//! the part failed, the stream fails naming the first failure.
+//! the part failed (in a resumed pass: every shard it had left to read), the
+//! stream fails naming the first failure.
 //!
 //! Other image members (`jpg`, `jpeg`, `png`) travel with the item and are
 //! processed into the main image's bucket by the pipeline
@@ -358,8 +359,9 @@ pub const WdsSource = struct {
         // or a reader could not be made.
         if (!completed) return stage.fail("out of memory for a shard reader", .{});
         const failed = shared.failed.load(.monotonic);
-        if (plan.shards.len > 0 and failed == plan.shards.len) {
-            return stage.fail("every WebDataset shard failed ({d}); the first, '{s}': {s}", .{ failed, shared.first_failed_url, shared.first_failure.text() });
+        if (failed > 0 and shared.read.load(.monotonic) == 0) {
+            const which = if (self.resume_from != null) " left after the resume point" else "";
+            return stage.fail("every WebDataset shard{s} failed ({d}); the first, '{s}': {s}", .{ which, failed, shared.first_failed_url, shared.first_failure.text() });
         }
         if (failed > 0) log.warn(.files, "WebDataset: {d} of {d} shards failed and were skipped", .{ failed, plan.shards.len });
         output.shuffle.drain(stage) catch return;
@@ -440,7 +442,10 @@ pub const WdsSource = struct {
             const url = urls.get(plan.shards[at]);
             var why: source.Failure = .{};
             switch (reading.readShard(url, sink, plan.filter, &why, .{ .at = at, .stride = stride, .start = within })) {
-                .done => _ = self.counts.shards_read.fetchAdd(1, .monotonic),
+                .done => {
+                    _ = self.counts.shards_read.fetchAdd(1, .monotonic);
+                    _ = shared.read.fetchAdd(1, .monotonic);
+                },
                 .closed => return false,
                 .failed => {
                     if (sink.isClosed() or shared.stopping.load(.acquire)) return false;
@@ -563,6 +568,10 @@ const Shared = struct {
     /// The shard cache (`cache_dir`), used by every lane.
     cache: ?shard_cache.Cache = null,
     stopping: std.atomic.Value(bool) = .init(false),
+    /// Shards this pass read to their end, and shards it gave up on. A
+    /// resumed pass reads only what was left, so "every shard failed" is
+    /// judged on these, not on the plan's length.
+    read: std.atomic.Value(u64) = .init(0),
     failed: std.atomic.Value(u64) = .init(0),
     logged_groups: std.atomic.Value(u32) = .init(0),
     failure_lock: Io.Mutex = .init,
