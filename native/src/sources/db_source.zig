@@ -428,7 +428,7 @@ const Run = struct {
             .results = results,
         };
         const period = http.Watchdog.periodFor(owner.read_timeout_ms);
-        run.watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &run.watchdog, period }) catch {
+        run.watchdog_thread = std.Thread.spawn(.{ .stack_size = http.Watchdog.stack_bytes }, http.Watchdog.run, .{ &run.watchdog, period }) catch {
             gpa.free(results);
             return error.NoThread;
         };

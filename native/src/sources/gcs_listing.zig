@@ -255,7 +255,7 @@ pub fn list(gpa: Allocator, io: Io, request: Request, failure: *source.Failure) 
     defer gpa.destroy(fetcher);
     fetcher.watchdog = .init(io);
     const period = http.Watchdog.periodFor(request.options.read_timeout_ms);
-    const watchdog_thread = std.Thread.spawn(.{ .stack_size = 64 * 1024 }, http.Watchdog.run, .{ &fetcher.watchdog, period }) catch
+    const watchdog_thread = std.Thread.spawn(.{ .stack_size = http.Watchdog.stack_bytes }, http.Watchdog.run, .{ &fetcher.watchdog, period }) catch
         return failure.set("cannot start the HTTP watchdog thread for the GCS listing '{s}'", .{url});
     defer {
         fetcher.watchdog.stop();

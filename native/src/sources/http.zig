@@ -202,6 +202,13 @@ pub const Watchdog = struct {
     stopping: std.atomic.Value(bool) = .init(false),
     stopped: Io.Event = .unset,
 
+    /// The stack for the thread that runs `run`. glibc refuses a thread
+    /// stack that cannot hold the process's static TLS, and std then
+    /// panics: 64 and 256 KiB aborted the test binary, and the process that
+    /// loads libdatago may hold more static TLS still. The stack is only
+    /// reserved, so the margin costs no memory.
+    pub const stack_bytes = 1024 * 1024;
+
     const Slot = struct {
         /// Guards `handle` against the owner closing the socket while the
         /// watchdog shuts it down.

@@ -79,7 +79,6 @@ pub const attributes_bytes_max = 16 * 1024 * 1024;
 const described_max = 1024;
 const described_bytes_max = 192;
 const file_buffer_bytes = 64 * 1024;
-const watchdog_stack_bytes = 1024 * 1024;
 /// Items the pipeline keeps pending past the consumer's position (its
 /// resume window); checkpoints reach back this far beyond the stage's and
 /// the pipeline's buffers.
@@ -588,10 +587,7 @@ const Shared = struct {
         if (!any_http) return;
         shared.watchdog = .init(shared.io);
         const period = http.Watchdog.periodFor(shared.owner.options.read_timeout_ms);
-        // glibc refuses a stack that does not hold the binary's static TLS
-        // (std then panics): 64 and 256 KiB aborted the test binary. The
-        // stack is only reserved, so a margin costs nothing.
-        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = watchdog_stack_bytes }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
+        shared.watchdog_thread = std.Thread.spawn(.{ .stack_size = http.Watchdog.stack_bytes }, http.Watchdog.run, .{ &shared.watchdog, period }) catch return error.NoThread;
         shared.client.init(shared.gpa, shared.io, &shared.watchdog, shared.owner.options);
         shared.client_ready = true;
         if (shared.owner.ca_bundle) |path| shared.client.useCaBundle(path) catch |err| {
