@@ -106,9 +106,14 @@ _HOST_WHEELS = {("linux", "x86_64"): "manylinux_x86_64", ("linux", "aarch64"): "
 _WHEEL_ENV = "DATAGO_WHEEL"
 
 
-def _host_target() -> Target:
+def _host_machine() -> str:
+    """This machine's architecture as Zig names it."""
     machine = platform.machine().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _host_target() -> Target:
+    machine = _host_machine()
     name = _HOST_WHEELS.get((sys.platform, machine))
     if name is None:
         raise RuntimeError(
@@ -211,14 +216,11 @@ class _Zig:
             arch, os_version = target.zig_target.split("-")[:2]
             os_name = os_version.split(".")[0]  # macos.11.0: the OS and its minimum version
         else:
-            machine = platform.machine().lower()
-            arch, os_name = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine), sys.platform
+            arch, os_name = _host_machine(), sys.platform
         self.arch, self.os = arch, os_name
         self.zig_target = target.zig_target if target else None
         self.cpu = target.cpu if target else "native"
-        self.target_args = self._cpu_args(None)
         self.musl = bool(target and target.zig_target.endswith("-musl"))
-        self.optimize = optimize
         self.work = work
         # Zig's cache: C objects and the link are cached by Zig itself; the Zig
         # module's object (written to a path of ours) by `_kept_zig_object`.
@@ -235,7 +237,7 @@ class _Zig:
         this target (nasm objects assembled here first)."""
         spec = _read_zon((NATIVE / "build" / "codecs.zon").read_text())
         assert isinstance(spec, dict)
-        args = ["build-lib", "-static", "--name", "datago_codecs", *self.common, *self.target_args, "-fno-sanitize-c"]
+        args = ["build-lib", "-static", "--name", "datago_codecs", *self.common, *self._cpu_args(None), "-fno-sanitize-c"]
         objects = []
         for library in spec["libraries"]:
             # Paths relative to native/, where zig runs: no build folder in the binary.
@@ -324,7 +326,7 @@ class _Zig:
         """src/compat/musl_statx.c as an object (an archive member would lose
         to libc's statx)."""
         out = self.work / "musl_compat.o"
-        subprocess.run([*self.zig, "build-obj", "--name", "datago_musl_compat", *self.common, *self.target_args,
+        subprocess.run([*self.zig, "build-obj", "--name", "datago_musl_compat", *self.common, *self._cpu_args(None),
                         "-cflags", "-O2", "-fno-sanitize=undefined", "--", "src/compat/musl_statx.c",
                         f"-femit-bin={out}"], cwd=NATIVE, check=True)
         return str(out)

@@ -129,14 +129,22 @@ def test_aarch64_compiles_the_neon_kernels_and_no_x86_file(tmp_path, monkeypatch
     assert not any("sse" in name or "x86_64/jsimd.c" in name for name in files)
 
 
-def test_the_zig_object_is_rebuilt_when_a_zig_source_changes(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def scratch_native(tmp_path, monkeypatch) -> Path:
+    """A native/ with one Zig source, which build.py's NATIVE points at;
+    the SIMD decision fixed to on. Returns native/src."""
     src = tmp_path / "native" / "src"
     src.mkdir(parents=True)
     (src / "root.zig").write_text("pub fn a() void {}\n")
     monkeypatch.setitem(BUILD["_Zig"].__init__.__globals__, "NATIVE", tmp_path / "native")
     monkeypatch.setitem(BUILD["_Zig"].__init__.__globals__, "_jpeg_simd", lambda arch: True)
-    zig = BUILD["_Zig"](BUILD["Target"]("x86_64-linux-gnu.2.17", "x86_64_v2", "tag"), "ReleaseSafe", tmp_path / "work")
     (tmp_path / "work").mkdir()
+    return src
+
+
+def test_the_zig_object_is_rebuilt_when_a_zig_source_changes(tmp_path, scratch_native) -> None:
+    src = scratch_native
+    zig = BUILD["_Zig"](BUILD["Target"]("x86_64-linux-gnu.2.17", "x86_64_v2", "tag"), "ReleaseSafe", tmp_path / "work")
     command = zig.zig_object_command(None, tmp_path / "work" / "zig-base" / "datago_zig.o")
     assert "-Mroot=src/root.zig" in command and shlex.join(command).count("x86_64_v2") == 1
     first = zig._kept_zig_object(command)
@@ -160,14 +168,8 @@ def test_without_nasm_the_build_warns_or_with_require_simd_refuses(monkeypatch, 
     assert jpeg_simd("x86_64") is True
 
 
-def test_a_native_cpu_object_is_kept_per_host_cpu(tmp_path, monkeypatch) -> None:
-    src = tmp_path / "native" / "src"
-    src.mkdir(parents=True)
-    (src / "root.zig").write_text("pub fn a() void {}\n")
+def test_a_native_cpu_object_is_kept_per_host_cpu(tmp_path, monkeypatch, scratch_native) -> None:
     build_globals = BUILD["_Zig"].__init__.__globals__
-    monkeypatch.setitem(build_globals, "NATIVE", tmp_path / "native")
-    monkeypatch.setitem(build_globals, "_jpeg_simd", lambda arch: True)
-    (tmp_path / "work").mkdir()
     zig = BUILD["_Zig"](None, "ReleaseSafe", tmp_path / "work")
     command = zig.zig_object_command(None, tmp_path / "work" / "zig-base" / "datago_zig.o")
     assert command[command.index("-mcpu") + 1] == "native" and "-target" not in command
